@@ -1,0 +1,83 @@
+"""Small shared helpers: the user-facing error type, seeding, device choice, logging."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import sys
+import time
+
+import numpy as np
+import torch
+
+
+class UserError(Exception):
+    """Bad input from the user. Scripts print its message as one line and exit non-zero."""
+
+
+def resolve_seed(seed: int | None) -> int:
+    """The paper code seeds from the clock; we do too when no seed is given, but log and save it."""
+    if seed is None:
+        seed = int(time.time() * 1000) % (2**31 - 1)
+    return int(seed)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch once, at the start of a script (never inside library code)."""
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A private random stream: batches and augmentations draw from these, never from the global RNG."""
+    gen = torch.Generator(device=device)
+    gen.manual_seed(int(seed))
+    return gen
+
+
+def resolve_device(gpu: str | int | None = 0) -> torch.device:
+    """CUDA card `gpu` when CUDA is present, else the CPU. `gpu` may be an int, '0', 'cpu' or 'cuda:1'."""
+    text = str(gpu if gpu is not None else 0).strip().lower()
+    if text == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    if text.startswith("cuda"):
+        text = text.split(":", 1)[1] if ":" in text else "0"
+    first = text.split(",")[0]
+    if not first.isdigit():
+        raise UserError(f"--gpu must be a card number such as 0 (or 'cpu'), got {gpu!r}")
+    index = int(first)
+    if index >= torch.cuda.device_count():
+        raise UserError(f"--gpu {index}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return torch.device("cuda", index)
+
+
+def setup_logging(log_file: str | os.PathLike | None = None, quiet: bool = False) -> logging.Logger:
+    """Log to stderr and, when given, to a file beside the outputs (appending, so reruns are kept)."""
+    logger = logging.getLogger("clom")
+    logger.setLevel(logging.INFO)
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+        handler.close()
+    fmt = logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S")
+    if not quiet:
+        stream = logging.StreamHandler(sys.stdout)
+        stream.setFormatter(fmt)
+        logger.addHandler(stream)
+    if log_file is not None:
+        os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+        file_handler = logging.FileHandler(log_file)
+        file_handler.setFormatter(fmt)
+        logger.addHandler(file_handler)
+    logger.propagate = False
+    return logger
+
+
+def get_logger() -> logging.Logger:
+    return logging.getLogger("clom")
+
+
+def progress_disabled() -> bool:
+    """tqdm bars only on a terminal, so logs of sweeps stay grep-able."""
+    return not sys.stderr.isatty()
