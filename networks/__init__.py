@@ -1,0 +1,20 @@
+"""Classifier networks by name. Importing the package registers every architecture."""
+
+from networks import classic, convnet, resnet  # noqa: F401  (imported for their @register side effects)
+from networks.registry import (
+    UnknownNetworkError,
+    build_network,
+    has_batchnorm,
+    list_networks,
+    register,
+    supports_stacking,
+)
+
+__all__ = [
+    "UnknownNetworkError",
+    "build_network",
+    "has_batchnorm",
+    "list_networks",
+    "register",
+    "supports_stacking",
+]

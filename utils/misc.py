@@ -81,3 +81,31 @@ def get_logger() -> logging.Logger:
 def progress_disabled() -> bool:
     """tqdm bars only on a terminal, so logs of sweeps stay grep-able."""
     return not sys.stderr.isatty()
+
+
+def run_cli(main, argv=None) -> int:
+    """Run a script's main(argv); bad input becomes one line on stderr and exit status 2, never a traceback."""
+    from networks.registry import UnknownNetworkError  # networks never imports utils, so no cycle
+
+    try:
+        main(argv)
+    except (UserError, UnknownNetworkError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: results saved so far are kept", file=sys.stderr)
+        return 130
+    return 0
+
+
+def parse_int_list(text: str, what: str) -> list[int]:
+    """'50,100' -> [50, 100]; '' -> []."""
+    try:
+        return [int(part) for part in str(text).replace(" ", "").split(",") if part != ""]
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated whole numbers such as '50,100', got {text!r}") from None
+
+
+def check_positive(value, what: str, allow_zero: bool = False) -> None:
+    if value < 0 or (value == 0 and not allow_zero):
+        raise UserError(f"{what} must be {'>= 0' if allow_zero else '>= 1'}, got {value}")

@@ -1,0 +1,88 @@
+"""The training engine: a stacked ensemble takes exactly the steps each model would take alone."""
+
+import pytest
+import torch
+
+from utils.engine import (Schedule, TensorSource, build_seeded_network, evaluate_models, paper_eval_schedule,
+                          train_and_test, train_models)
+from utils.misc import make_generator
+
+
+def _toy_source(n=48, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    images = torch.randn(n, 1, 8, 8, generator=gen)
+    labels = torch.arange(n) % 4
+    images += labels.view(-1, 1, 1, 1).float()  # learnable signal
+    return TensorSource(images, labels)
+
+
+def _train(stack: bool, name="ConvNetW32", augment=None, epochs=2):
+    source = _toy_source()
+    seeds = [11, 12, 13]
+    models = [build_seeded_network(name, 1, 4, (8, 8), s) for s in seeds]
+    schedule = Schedule(epochs=epochs, batch_size=10, lr=0.05, momentum=0.9, weight_decay=5e-3, milestones=(1,))
+    train_models(models, source, schedule, [make_generator(s) for s in seeds], augment=augment, stack=stack)
+    return models
+
+
+def test_stacked_ensemble_equals_one_by_one_training():
+    # Same seeds, same batch order, same SGD: only float summation order may differ (atol 1e-5).
+    stacked, alone = _train(stack=True), _train(stack=False)
+    for model_a, model_b in zip(stacked, alone):
+        for (name, a), (_, b) in zip(model_a.state_dict().items(), model_b.state_dict().items()):
+            assert torch.allclose(a, b, atol=1e-5, rtol=1e-4), name
+    # and training changed the weights (the test could fail)
+    fresh = build_seeded_network("ConvNetW32", 1, 4, (8, 8), 11)
+    assert not torch.allclose(fresh.classifier.weight, stacked[0].classifier.weight)
+
+
+def test_stacked_equals_alone_with_augmentation():
+    flip = lambda x, g: torch.where(torch.rand(x.shape[0], 1, 1, 1, generator=g) < 0.5, x.flip(3), x)
+    stacked, alone = _train(stack=True, augment=flip), _train(stack=False, augment=flip)
+    for model_a, model_b in zip(stacked, alone):
+        assert torch.allclose(model_a.classifier.weight, model_b.classifier.weight, atol=1e-5, rtol=1e-4)
+
+
+def test_batchnorm_models_train_one_by_one():
+    models = _train(stack=True, name="ConvNetBN", epochs=1)
+    assert all(torch.isfinite(p).all() for m in models for p in m.parameters())
+
+
+def test_evaluate_models_stacked_equals_single():
+    source = _toy_source(n=30)
+    models = [build_seeded_network("ConvNetW32", 1, 4, (8, 8), s) for s in (1, 2)]
+    assert evaluate_models(models, source, batch_size=7) == evaluate_models(models, source, stack=False)
+
+
+def test_learning_rate_decays_after_milestone():
+    source = _toy_source(n=10)
+    model = build_seeded_network("MLP", 1, 4, (8, 8), 0)
+    seen = []
+    schedule = Schedule(epochs=3, batch_size=10, lr=1.0, momentum=0.0, weight_decay=0.0, milestones=(1,))
+    original_step = torch.optim.SGD.step
+
+    def spy(self, *args, **kwargs):
+        seen.append(self.param_groups[0]["lr"])
+        return original_step(self, *args, **kwargs)
+
+    torch.optim.SGD.step = spy
+    try:
+        train_models([model], source, schedule, [make_generator(0)])
+    finally:
+        torch.optim.SGD.step = original_step
+    assert seen == pytest.approx([1.0, 0.1, 0.1])
+
+
+def test_paper_eval_schedule_matches_paper():
+    # evaluate_synset: Epoch+1 passes, decay after the pass with index Epoch//2+1.
+    schedule = paper_eval_schedule(300, 0.01, 256)
+    assert schedule.epochs == 301 and schedule.milestones == (152,) and schedule.restart_optimizer
+
+
+def test_train_and_test_reports_final_and_best():
+    source = _toy_source()
+    schedule = Schedule(epochs=4, batch_size=16, lr=0.05)
+    result = train_and_test("ConvNetW32", source, source, schedule, [0, 1], channel=1, num_classes=4,
+                            im_size=(8, 8), device="cpu", test_every=2, keep_best_states=True)
+    assert len(result.final) == 2 and all(b >= f for b, f in zip(result.best, result.final))
+    assert result.best_epoch[0] in (2, 4) and set(result.best_states[0]) >= {"classifier.weight"}

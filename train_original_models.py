@@ -1,0 +1,136 @@
+"""Train a pool of classifiers on an original data set (the models CLoM later uses).
+
+    python train_original_models.py --normalize_data --dataset CIFAR10 --model ConvNet --num 10
+
+Writes pretrained_model/<dataset>/original/<model>/index_<k>/<dataset>_<model>_original_epoch<e>.pth
+(state_dicts) every --save_every epochs, and model_info.json beside them (data set, input space, seed,
+test accuracy at each saved epoch). k is the first free index, so earlier pools are never overwritten.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from utils import distributed
+from utils.data import default_data_path, load_dataset
+from utils.engine import Schedule, build_seeded_network, evaluate_models, train_models
+from utils.io import POOL_INFO_NAME, atomic_json_save, atomic_torch_save, pool_arch_dir, pool_checkpoint_path
+from utils.io import reserve_run_dir
+from utils.misc import check_positive, get_logger, make_generator, parse_int_list, resolve_device, resolve_seed
+from utils.misc import run_cli, seed_everything, setup_logging
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description="Train pre-trained models (a pool) on an original data set.")
+    parser.add_argument("--dataset", default="CIFAR10", help="data set name (see SPEC; Digits works offline)")
+    parser.add_argument("--data_path", default=None, help="folder of the data set files (default data/<dataset>)")
+    parser.add_argument("--model", default="ConvNet", help="architecture name")
+    parser.add_argument("--random_seed", type=int, default=None, help="base seed (model k uses seed+k); default: clock")
+    parser.add_argument("--multigpu", default=None,
+                        help="accepted for compatibility; one process uses one card. Use torchrun for several GPUs")
+    parser.add_argument("--gpu", default="0", help="CUDA card number, or 'cpu'")
+    parser.add_argument("--num", type=int, default=1, help="how many models to train")
+    parser.add_argument("--epochs", type=int, default=150)
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--weight_decay", type=float, default=0.005)
+    parser.add_argument("--save_every", type=int, default=1, help="save a checkpoint (and test) every N epochs")
+    parser.add_argument("--lr_decay_step", default="50,100", help="epochs after which lr is multiplied by 0.1")
+    parser.add_argument("--normalize_data", action="store_true", help="train on mean/std-normalized images")
+    parser.add_argument("--save_root", default="pretrained_model", help="root folder of saved pools")
+    parser.add_argument("--no_stack", action="store_true", help="train models one after another, not as one ensemble")
+    parser.add_argument("--no_download", action="store_true", help="never try to download a missing data set")
+    return parser
+
+
+def check_args(args) -> list[int]:
+    check_positive(args.num, "--num")
+    check_positive(args.epochs, "--epochs", allow_zero=True)
+    check_positive(args.batch_size, "--batch_size")
+    check_positive(args.save_every, "--save_every")
+    return parse_int_list(args.lr_decay_step, "--lr_decay_step")
+
+
+def main(argv=None) -> None:
+    args = get_args_parser().parse_args(argv)
+    milestones = check_args(args)
+    dist = distributed.init()
+    device = distributed.device_for_rank(dist, args.gpu) if dist.enabled else resolve_device(args.gpu)
+    seed = distributed.broadcast_int(dist, resolve_seed(args.random_seed))
+    seed_everything(seed)
+    data_path = args.data_path or default_data_path(args.dataset)
+    data = load_dataset(args.dataset, data_path, device, normalize=args.normalize_data,
+                        download=not args.no_download)
+    spec = data.spec
+
+    # Models are split across ranks; index folders are reserved with an atomic mkdir, so they never collide.
+    my_models = distributed.split_range(args.num, dist)
+    arch_dir = pool_arch_dir(spec.name, args.model, args.save_root)
+    runs = [reserve_run_dir(arch_dir) for _ in my_models]
+    first, last = (runs[0][0], runs[-1][0]) if runs else (0, 0)
+    log_file = arch_dir / f"train_index_{first}-{last}.log" if runs else None
+    logger = setup_logging(log_file, quiet=not dist.is_main)
+    logger.info("command: %s", " ".join(sys.argv))
+    logger.info("seed %d | device %s | %s train %d test %d | normalized %s | models %s", seed, device, spec.name,
+                len(data.train), len(data.test), data.normalized, [index for index, _ in runs])
+    if not runs:
+        distributed.barrier(dist)
+        return
+
+    seeds = [seed + m for m in my_models]
+    models = [build_seeded_network(args.model, spec.channel, spec.num_classes, spec.im_size, s, device)
+              for s in seeds]
+    generators = [make_generator(s, device) for s in seeds]
+    infos = [_model_info(args, spec, data, index, s) for (index, _), s in zip(runs, seeds)]
+    for (index, run_dir), info in zip(runs, infos):
+        atomic_json_save(info, run_dir / POOL_INFO_NAME)
+
+    def save_and_test(epoch: int, ids: list[int], trained) -> None:
+        accuracies = evaluate_models(trained, data.test)
+        for slot, model, acc in zip(ids, trained, accuracies):
+            index, run_dir = runs[slot]
+            atomic_torch_save(model.state_dict(), pool_checkpoint_path(spec.name, args.model, index, epoch,
+                                                                        args.save_root))
+            infos[slot]["test_acc"][str(epoch)] = acc
+            infos[slot]["epochs_saved"].append(epoch)
+            atomic_json_save(infos[slot], run_dir / POOL_INFO_NAME, overwrite=True)
+            logger.info("index_%d epoch %d test acc %.4f", index, epoch, acc)
+
+    schedule = Schedule(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
+                        weight_decay=args.weight_decay, milestones=tuple(milestones))
+    start = time.time()
+    if args.epochs == 0:
+        save_and_test(0, list(range(len(models))), models)
+    else:
+        train_models(models, data.train, schedule, generators, on_epoch_end=save_and_test,
+                     callback_every=args.save_every, stack=not args.no_stack, desc=f"train {args.model}")
+    elapsed = time.time() - start
+    final = [info["test_acc"][str(max(info["epochs_saved"]))] for info in infos]
+    for (index, run_dir), acc in zip(runs, final):
+        logger.info("done index_%d: final test acc %.4f -> %s", index, acc, run_dir)
+    logger.info("trained %d model(s) in %.1f s; mean final test acc %.4f", len(models), elapsed,
+                sum(final) / len(final))
+    distributed.barrier(dist)
+
+
+def _model_info(args, spec, data, index: int, seed: int) -> dict:
+    """What CLoM needs to feed this model: its input space, classes and training provenance."""
+    return {
+        "dataset": spec.name, "architecture": args.model, "index": index, "seed": seed,
+        "normalized": bool(data.normalized),
+        "mean": [float(v) for v in data.train.mean.tolist()], "std": [float(v) for v in data.train.std.tolist()],
+        "channel": spec.channel, "im_size": list(spec.im_size), "num_classes": spec.num_classes,
+        "class_names": list(data.class_names), "epochs": args.epochs, "batch_size": args.batch_size,
+        "lr": args.lr, "momentum": args.momentum, "weight_decay": args.weight_decay,
+        "lr_decay_step": args.lr_decay_step, "test_acc": {}, "epochs_saved": [],
+        "torch_version": torch.__version__,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(run_cli(main))

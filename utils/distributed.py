@@ -1,0 +1,82 @@
+"""torchrun helpers: who am I, which share of the work is mine, gather and reduce. One process = no-ops."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as torch_dist
+
+from utils.misc import UserError, resolve_device
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    enabled: bool = False
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def init() -> DistInfo:
+    """Join the process group that torchrun describes in the environment (NCCL on GPUs, gloo on CPU)."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    rank, local_rank = int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+    if not torch_dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() and os.environ.get("CLOM_BACKEND") != "gloo" else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(local_rank % torch.cuda.device_count())
+        torch_dist.init_process_group(backend=backend)
+    return DistInfo(True, rank, world, local_rank)
+
+
+def device_for_rank(dist: DistInfo, gpu: str) -> torch.device:
+    """Under torchrun each process takes the card of its local rank (or the CPU)."""
+    if str(gpu).lower() == "cpu" or not torch.cuda.is_available() or torch_dist.get_backend() == "gloo":
+        return torch.device("cpu")
+    if dist.local_rank >= torch.cuda.device_count():
+        raise UserError(f"local rank {dist.local_rank} has no GPU: only {torch.cuda.device_count()} visible")
+    return resolve_device(dist.local_rank)
+
+
+def split_range(n: int, dist: DistInfo) -> list[int]:
+    """This rank's contiguous share of range(n) (sizes differ by at most one)."""
+    base, extra = divmod(n, dist.world)
+    start = dist.rank * base + min(dist.rank, extra)
+    return list(range(start, start + base + (1 if dist.rank < extra else 0)))
+
+
+def barrier(dist: DistInfo) -> None:
+    if dist.enabled:
+        torch_dist.barrier()
+
+
+def broadcast_int(dist: DistInfo, value: int) -> int:
+    """Rank 0's value everywhere (e.g. a clock-based seed)."""
+    if not dist.enabled:
+        return value
+    box = [value]
+    torch_dist.broadcast_object_list(box, src=0)
+    return int(box[0])
+
+
+def gather_objects(dist: DistInfo, obj) -> list:
+    """Every rank's `obj`, in rank order, on every rank."""
+    if not dist.enabled:
+        return [obj]
+    out = [None] * dist.world
+    torch_dist.all_gather_object(out, obj)
+    return out
+
+
+def all_reduce_sum_(dist: DistInfo, tensor: torch.Tensor) -> torch.Tensor:
+    if dist.enabled:
+        torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
+    return tensor

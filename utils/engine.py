@@ -1,0 +1,264 @@
+"""Train and test networks: one at a time, or many at once as a stacked ensemble.
+
+Models without BatchNorm are trained together: their parameters are stacked (torch.func) and one vmapped
+forward/backward serves all of them. Each model still has its own seed, its own batch order and its own
+augmentation stream, and SGD is element-wise, so every model takes exactly the steps it would take alone.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, stack_module_state, vmap
+from tqdm import tqdm
+
+from networks import build_network, supports_stacking
+from utils.distributed import DistInfo, gather_objects, split_range
+from utils.misc import make_generator, progress_disabled
+
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+
+class TensorSource:
+    """A (images, labels) pair with the same `images(idx)` / `labels` interface as a loaded data split."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
+        self._images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return self.labels.shape[0]
+
+    def images(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        return self._images if idx is None else self._images[idx]
+
+
+@dataclass(frozen=True)
+class Schedule:
+    epochs: int
+    batch_size: int
+    lr: float
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    milestones: tuple[int, ...] = ()  # lr *= gamma once this many epochs are done
+    gamma: float = 0.1
+    restart_optimizer: bool = False  # the paper's synthetic-set evaluation builds a fresh SGD at the decay
+
+
+class _Stack:
+    """K models of one architecture as stacked parameter tensors with a vmapped forward."""
+
+    def __init__(self, models: Sequence[nn.Module]):
+        self.models = list(models)
+        self.params, self.buffers = stack_module_state(self.models)
+        base = copy.deepcopy(self.models[0]).to("meta")
+
+        def call(params, buffers, x):
+            return functional_call(base, (params, buffers), (x,))
+
+        self._per_model = vmap(call)  # x: (K, B, ...) — each model its own batch
+        self._shared = vmap(call, in_dims=(0, 0, None))  # x: (B, ...) — every model the same batch
+
+    def parameters(self) -> list[torch.Tensor]:
+        return list(self.params.values())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self._per_model(self.params, self.buffers, x)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self._shared(self.params, self.buffers, x)
+
+    def train(self, mode: bool = True) -> None:
+        for model in self.models:
+            model.train(mode)
+
+    def write_back(self) -> None:
+        with torch.no_grad():
+            for k, model in enumerate(self.models):
+                state = {name: value[k] for name, value in {**self.params, **self.buffers}.items()}
+                model.load_state_dict(state)
+
+
+class _Single:
+    """One model behind the same interface as _Stack (for BatchNorm models, which cannot be vmapped)."""
+
+    def __init__(self, model: nn.Module):
+        self.models = [model]
+
+    def parameters(self) -> list[torch.Tensor]:
+        return list(self.models[0].parameters())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.models[0](x[0]).unsqueeze(0)
+
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.models[0](x).unsqueeze(0)
+
+    def train(self, mode: bool = True) -> None:
+        self.models[0].train(mode)
+
+    def write_back(self) -> None:
+        pass
+
+
+def _groups(models: Sequence[nn.Module], stack: bool, max_stack: int | None) -> list[tuple[list[int], object]]:
+    """Split model ids into runners: stacked chunks where possible, single models otherwise."""
+    ids = list(range(len(models)))
+    if stack and len(models) > 1 and all(supports_stacking(m) for m in models):
+        size = max_stack or len(models)
+        chunks = [ids[i : i + size] for i in range(0, len(ids), size)]
+        return [(chunk, _Stack([models[i] for i in chunk]) if len(chunk) > 1 else _Single(models[chunk[0]]))
+                for chunk in chunks]
+    return [([i], _Single(models[i])) for i in ids]
+
+
+def _sgd(params, schedule: Schedule, lr: float) -> torch.optim.SGD:
+    return torch.optim.SGD(params, lr=lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay)
+
+
+def _train_runner(runner, source, schedule: Schedule, generators, augment, on_epoch_end, callback_every,
+                  model_ids, progress: tqdm | None) -> None:
+    n, k = len(source), len(generators)
+    labels = source.labels
+    lr = schedule.lr
+    optimizer = _sgd(runner.parameters(), schedule, lr)
+    runner.train()
+    for epoch in range(1, schedule.epochs + 1):
+        # Each model draws its own batch order from its own generator (as if trained alone).
+        order = torch.stack([torch.randperm(n, generator=g, device=g.device) for g in generators]).to(labels.device)
+        loss_sum = torch.zeros((), device=labels.device)  # summed on the device: no sync per step
+        correct = torch.zeros((), device=labels.device)
+        for start in range(0, n, schedule.batch_size):
+            idx = order[:, start : start + schedule.batch_size]
+            flat = source.images(idx.reshape(-1))
+            x = flat.view(k, idx.shape[1], *flat.shape[1:])
+            y = labels[idx]
+            if augment is not None:
+                x = torch.stack([augment(x[m], generators[m]) for m in range(k)])
+            logits = runner(x)
+            losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, -1)
+            loss = losses.mean(dim=1).sum()  # d(sum of per-model means)/d(model k) = model k's own gradient
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            loss_sum += losses.detach().sum()
+            correct += (logits.detach().argmax(-1) == y).sum()
+        if epoch in schedule.milestones:
+            lr *= schedule.gamma
+            if schedule.restart_optimizer:
+                optimizer = _sgd(runner.parameters(), schedule, lr)
+            else:
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+        if progress is not None:
+            progress.update(1)
+            progress.set_postfix(loss=f"{loss_sum.item() / (n * k):.4f}", acc=f"{correct.item() / (n * k):.4f}")
+        if on_epoch_end is not None and (epoch % callback_every == 0 or epoch == schedule.epochs):
+            runner.write_back()
+            on_epoch_end(epoch, model_ids, runner.models)
+            runner.train()
+    runner.write_back()
+
+
+def train_models(models: Sequence[nn.Module], source, schedule: Schedule, generators: Sequence[torch.Generator],
+                 augment: Augment | None = None, on_epoch_end=None, callback_every: int = 1, stack: bool = True,
+                 max_stack: int | None = None, desc: str | None = None) -> list[nn.Module]:
+    """Train `models` (already on the data's device) with SGD + cross-entropy, in place.
+
+    generators[k] drives model k's batch order and augmentation. `on_epoch_end(epoch, model_ids, models)`
+    is called every `callback_every` epochs and after the last, with the trained weights in the modules.
+    """
+    if len(generators) != len(models):
+        raise ValueError("one generator per model is needed")
+    groups = _groups(models, stack, max_stack)
+    total = schedule.epochs * len(groups)
+    with tqdm(total=total, desc=desc, disable=progress_disabled() or desc is None, leave=False) as progress:
+        for ids, runner in groups:
+            _train_runner(runner, source, schedule, [generators[i] for i in ids], augment, on_epoch_end,
+                          callback_every, ids, progress)
+    return list(models)
+
+
+@torch.no_grad()
+def evaluate_models(models: Sequence[nn.Module], source, batch_size: int = 1024, stack: bool = True) -> list[float]:
+    """Test accuracy of each model on `source` (every model sees the same batches)."""
+    accuracies = [0.0] * len(models)
+    for ids, runner in _groups(models, stack, None):
+        runner.train(False)
+        correct = torch.zeros(len(ids), device=source.labels.device)
+        for start in range(0, len(source), batch_size):
+            idx = torch.arange(start, min(start + batch_size, len(source)), device=source.labels.device)
+            logits = runner.predict(source.images(idx))
+            correct += (logits.argmax(-1) == source.labels[idx]).sum(dim=1)
+        for slot, i in enumerate(ids):
+            accuracies[i] = correct[slot].item() / len(source)
+    return accuracies
+
+
+def build_seeded_network(name: str, channel: int, num_classes: int, im_size, seed: int,
+                         device: torch.device | str = "cpu") -> nn.Module:
+    """Build a network whose initial weights depend only on `seed` (global RNG state restored after)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        model = build_network(name, channel, num_classes, im_size)
+    return model.to(device)
+
+
+@dataclass
+class EvalResult:
+    """Per network: test accuracy after the last epoch, the best one seen and when (and its weights)."""
+
+    final: list[float]
+    best: list[float]
+    best_epoch: list[int]
+    best_states: list[dict] | None = None
+
+
+def train_and_test(model_name: str, train_source, test_source, schedule: Schedule, seeds: Sequence[int], *,
+                   channel: int, num_classes: int, im_size, device, augment: Augment | None = None,
+                   test_every: int | None = None, keep_best_states: bool = False, desc: str | None = None,
+                   dist: DistInfo | None = None) -> EvalResult:
+    """Train one fresh `model_name` per seed on `train_source` and test them (every `test_every` epochs and
+    at the end). Under torchrun the networks are split across ranks and the results gathered everywhere."""
+    dist = dist or DistInfo()
+    mine = split_range(len(seeds), dist)
+    models = [build_seeded_network(model_name, channel, num_classes, im_size, seeds[i], device) for i in mine]
+    generators = [make_generator(seeds[i], device) for i in mine]
+    best = [-1.0] * len(mine)
+    best_epoch = [0] * len(mine)
+    best_states: list = [None] * len(mine)
+    final = [0.0] * len(mine)
+
+    def test(epoch: int, ids: list[int], trained) -> None:
+        for slot, model, acc in zip(ids, trained, evaluate_models(trained, test_source)):
+            final[slot] = acc
+            if acc > best[slot]:
+                best[slot], best_epoch[slot] = acc, epoch
+                if keep_best_states:
+                    best_states[slot] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
+
+    if models:
+        train_models(models, train_source, schedule, generators, augment=augment, on_epoch_end=test,
+                     callback_every=test_every or schedule.epochs or 1, desc=desc)
+        if schedule.epochs == 0:
+            test(0, list(range(len(models))), models)
+    parts = gather_objects(dist, (final, best, best_epoch, best_states if keep_best_states else None))
+    result = EvalResult([], [], [], [] if keep_best_states else None)
+    for part_final, part_best, part_epoch, part_states in parts:
+        result.final += part_final
+        result.best += part_best
+        result.best_epoch += part_epoch
+        if keep_best_states:
+            result.best_states += part_states
+    return result
+
+
+def paper_eval_schedule(epochs: int, lr: float, batch_size: int) -> Schedule:
+    """The paper's synthetic-set evaluation: epochs+1 passes, SGD(momentum .9, wd 5e-4), and after the pass
+    numbered epochs//2+1 (0-based) a fresh optimizer at lr×0.1."""
+    return Schedule(epochs=epochs + 1, batch_size=batch_size, lr=lr, milestones=(epochs // 2 + 2,),
+                    restart_optimizer=True)
