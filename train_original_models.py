@@ -33,7 +33,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--multigpu", default=None,
                         help="accepted for compatibility; one process uses one card. Use torchrun for several GPUs")
     parser.add_argument("--gpu", default="0", help="CUDA card number, or 'cpu'")
-    parser.add_argument("--num", type=int, default=1, help="how many models to train")
+    # --num_models: the same flag under a name torchrun's own parser does not mistake for its --numa-binding
+    parser.add_argument("--num", "--num_models", dest="num", type=int, default=1, help="how many models to train")
     parser.add_argument("--epochs", type=int, default=150)
     parser.add_argument("--batch_size", type=int, default=256)
     parser.add_argument("--lr", type=float, default=0.01)
@@ -68,10 +69,13 @@ def main(argv=None) -> None:
                         download=not args.no_download)
     spec = data.spec
 
-    # Models are split across ranks; index folders are reserved with an atomic mkdir, so they never collide.
-    my_models = distributed.split_range(args.num, dist)
+    # Index folders are reserved with an atomic mkdir (so concurrent runs never collide) by rank 0, which
+    # then hands model m its folder; under torchrun the models are split across ranks.
     arch_dir = pool_arch_dir(spec.name, args.model, args.save_root)
-    runs = [reserve_run_dir(arch_dir) for _ in my_models]
+    indexes = [reserve_run_dir(arch_dir)[0] for _ in range(args.num)] if dist.is_main else None
+    indexes = distributed.broadcast_object(dist, indexes)
+    my_models = distributed.split_range(args.num, dist)
+    runs = [(indexes[m], arch_dir / f"index_{indexes[m]}") for m in my_models]
     first, last = (runs[0][0], runs[-1][0]) if runs else (0, 0)
     log_file = arch_dir / f"train_index_{first}-{last}.log" if runs else None
     logger = setup_logging(log_file, quiet=not dist.is_main)

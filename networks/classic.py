@@ -4,10 +4,12 @@ Attribute names follow the paper's base code (`features`, `fc_1`, `fc_2`); the l
 `classifier`.
 """
 
+import math
+
 from torch import nn
 
 from networks.convnet import make_norm, make_pool
-from networks.registry import EmbedClassifier, dry_run_shape, flat_size, register
+from networks.registry import EmbedClassifier, dry_run_shape, register
 
 # Conv entries are (out_channels, kernel, padding); "M" is a 2x2 max-pool.
 ConvConfig = list[tuple[int, int, int] | str]
@@ -39,7 +41,7 @@ class ConvStackNet(EmbedClassifier):
     def __init__(self, channel, num_classes, im_size, config: ConvConfig, norm: str):
         super().__init__()
         self.features, shape = conv_relu_stack(channel, im_size, config, norm)
-        self.classifier = nn.Linear(flat_size(shape), num_classes)
+        self.classifier = nn.Linear(math.prod(shape), num_classes)
 
     def embed(self, x):
         return self.features(x).flatten(1)
@@ -61,7 +63,7 @@ class LeNet(EmbedClassifier):
         super().__init__()
         config = [(6, 5, 2 if channel == 1 else 0), "M", (16, 5, 0), "M"]
         self.features, shape = conv_relu_stack(channel, im_size, config, norm="none")
-        self.fc_1 = nn.Linear(flat_size(shape), 120)
+        self.fc_1 = nn.Linear(math.prod(shape), 120)
         self.fc_2 = nn.Linear(120, 84)
         self.classifier = nn.Linear(84, num_classes)
 

@@ -4,11 +4,12 @@ Layer order and attribute names follow the paper's base code, so `features.<i>` 
 keys line up with its checkpoints.
 """
 
+import math
 from functools import partial
 
 from torch import nn
 
-from networks.registry import EmbedClassifier, dry_run_shape, flat_size, register
+from networks.registry import EmbedClassifier, dry_run_shape, register
 
 _NORMS = {
     "instancenorm": lambda c, shape: nn.GroupNorm(c, c, affine=True),  # one group per channel
@@ -73,7 +74,7 @@ class ConvNet(EmbedClassifier):
                 shape = dry_run_shape(pool, shape)
                 layers.append(pool)
         self.features = nn.Sequential(*[layer for layer in layers if layer is not None])
-        self.classifier = nn.Linear(flat_size(shape), num_classes)
+        self.classifier = nn.Linear(math.prod(shape), num_classes)
 
     def embed(self, x):
         return self.features(x).flatten(1)

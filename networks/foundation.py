@@ -32,8 +32,12 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 _WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pth", ".pt", ".ckpt")
 # Names a library's own export uses inside a weights folder, best first.
-_KNOWN_WEIGHT_FILES = ("model.safetensors", "open_clip_model.safetensors", "pytorch_model.bin",
-                       "open_clip_pytorch_model.bin")
+_KNOWN_WEIGHT_FILES = (
+    "model.safetensors",
+    "open_clip_model.safetensors",
+    "pytorch_model.bin",
+    "open_clip_pytorch_model.bin",
+)
 
 
 class FoundationModelError(RuntimeError):
@@ -42,8 +46,10 @@ class FoundationModelError(RuntimeError):
 
 class MissingExtrasError(FoundationModelError, ImportError):
     def __init__(self, package: str):
-        super().__init__(f"pool models '{package}:<name>' need the optional package {package}: "
-                         "pip install -r requirements-extras.txt")
+        super().__init__(
+            f"pool models '{package}:<name>' need the optional package {package}: "
+            "pip install -r requirements-extras.txt"
+        )
 
 
 @dataclass(frozen=True)
@@ -81,8 +87,10 @@ def split_foundation_name(name: str) -> tuple[str, str]:
     """'timm:resnet18' -> ('timm', 'resnet18'), with a clear error for anything else."""
     library, _, model = name.partition(":")
     if library not in LIBRARIES or not model:
-        raise FoundationModelError(f"pool model {name!r}: expected <library>:<model> with library one of "
-                                   f"{', '.join(LIBRARIES)} (e.g. timm:resnet18)")
+        raise FoundationModelError(
+            f"pool model {name!r}: expected <library>:<model> with library one of "
+            f"{', '.join(LIBRARIES)} (e.g. timm:resnet18)"
+        )
     return library, model
 
 
@@ -90,8 +98,15 @@ def build_foundation_model(name: str, weights: str | None) -> FoundationModel:
     """Build `name` and load its weights from `weights` (a file, a folder, or 'download'). Eval mode."""
     library, model_name = split_foundation_name(name)
     if not weights:
-        raise FoundationModelError(f"pool model {name!r} needs weights: pass --CLoM_weights "
-                                   f"{name}=/path/to/weights (a file or folder), or ={DOWNLOAD} to fetch them")
+        raise FoundationModelError(
+            f"pool model {name!r} needs weights: pass --CLoM_weights "
+            f"{name}=/path/to/weights (a file or folder), or ={DOWNLOAD} to fetch them"
+        )
+    if model_name.startswith("hf-hub:") and weights != DOWNLOAD:
+        raise FoundationModelError(
+            f"pool model {name!r} reads its config from the Hugging Face Hub; use a "
+            f"built-in model name, or pass ={DOWNLOAD} to allow network access"
+        )
     builder = {"timm": _build_timm, "open_clip": _build_open_clip, "torchvision": _build_torchvision}[library]
     model = builder(name, model_name, weights)
     return model.eval()
@@ -111,8 +126,10 @@ def resolve_weight_file(name: str, weights: str) -> Path:
     candidates = sorted(p for p in path.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
     if len(candidates) != 1:
         found = ", ".join(p.name for p in candidates) or "none"
-        raise FoundationModelError(f"weights for {name!r}: expected one weights file ({', '.join(_WEIGHT_SUFFIXES)})"
-                                   f" in {path}, found {found}; pass the file itself")
+        raise FoundationModelError(
+            f"weights for {name!r}: expected one weights file ({', '.join(_WEIGHT_SUFFIXES)})"
+            f" in {path}, found {found}; pass the file itself"
+        )
     return candidates[0]
 
 
@@ -132,7 +149,7 @@ def _read_state_dict(name: str, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(state, dict):
         raise FoundationModelError(f"weights for {name!r}: {path} does not hold a state_dict")
     if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -170,7 +187,9 @@ def _build_timm(name: str, model_name: str, weights: str) -> FoundationModel:
     timm = _import("timm")
     download = weights == DOWNLOAD
     try:
-        model = timm.create_model(model_name, pretrained=download, num_classes=0)  # num_classes=0: pooled features
+        model = timm.create_model(
+            model_name, pretrained=download, num_classes=0
+        )  # num_classes=0: pooled features
     except Exception as err:  # unknown names raise RuntimeError, download failures anything
         raise FoundationModelError(f"timm cannot build {model_name!r}: {_first_line(err)}") from None
     if not download:
@@ -178,9 +197,13 @@ def _build_timm(name: str, model_name: str, weights: str) -> FoundationModel:
         try:
             state = timm.models.load_state_dict(str(path))
         except Exception as err:
-            raise FoundationModelError(f"weights for {name!r}: cannot read {path}: {_first_line(err)}") from None
+            raise FoundationModelError(
+                f"weights for {name!r}: cannot read {path}: {_first_line(err)}"
+            ) from None
         head = model.pretrained_cfg.get("classifier") or "head"
-        _load_into(name, model, state, path, droppable=tuple(head) if isinstance(head, (list, tuple)) else (head,))
+        _load_into(
+            name, model, state, path, droppable=tuple(head) if isinstance(head, (list, tuple)) else (head,)
+        )
     config = timm.data.resolve_model_data_config(model)
     preprocessing = Preprocessing(_as_size(config["input_size"]), tuple(config["mean"]), tuple(config["std"]))
     return FoundationModel(name, model, model.forward, preprocessing)
@@ -202,7 +225,9 @@ def _build_open_clip(name: str, model_name: str, weights: str) -> FoundationMode
     open_clip = _import("open_clip")
     tag = None
     if weights == DOWNLOAD or weights.startswith(DOWNLOAD + ":"):
-        tag = weights.partition(":")[2] or next(iter(open_clip.list_pretrained_tags_by_model(model_name)), None)
+        tag = weights.partition(":")[2] or next(
+            iter(open_clip.list_pretrained_tags_by_model(model_name)), None
+        )
         if tag is None:
             raise FoundationModelError(f"open_clip publishes no weights for {model_name!r}")
     try:
@@ -240,10 +265,12 @@ def _build_torchvision(name: str, model_name: str, weights: str) -> FoundationMo
 
 
 def _drop_final_linear(name: str, model: nn.Module) -> None:
-    """Replace the last nn.Linear (torchvision defines the classifier last: fc, classifier[-1], heads.head)."""
+    """Replace the last nn.Linear; torchvision defines the classifier last (fc, classifier[-1], heads)."""
     linears = [path for path, module in model.named_modules() if isinstance(module, nn.Linear)]
     if not linears:
-        raise FoundationModelError(f"{name!r} has no Linear classifier to remove; pick another torchvision model")
+        raise FoundationModelError(
+            f"{name!r} has no Linear classifier to remove; pick another torchvision model"
+        )
     parent, _, child = linears[-1].rpartition(".")
     setattr(model.get_submodule(parent) if parent else model, child, nn.Identity())
 

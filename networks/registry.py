@@ -4,7 +4,7 @@ A builder is `fn(channel, num_classes, im_size) -> nn.Module` with im_size an (H
 seed, move to a device or wrap the model: the caller owns the RNG and the device.
 """
 
-import math
+import numbers
 from collections.abc import Callable, Sequence
 
 import torch
@@ -56,7 +56,9 @@ def supports_stacking(model: nn.Module) -> bool:
 
 
 def _as_height_width(im_size: int | Sequence[int]) -> tuple[int, int]:
-    size = (im_size, im_size) if isinstance(im_size, int) else tuple(int(s) for s in im_size)
+    if isinstance(im_size, numbers.Integral):
+        im_size = (im_size, im_size)
+    size = tuple(int(s) for s in im_size)
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"im_size must be a positive int or (height, width), got {im_size!r}")
     return size
@@ -88,6 +90,3 @@ def dry_run_shape(module: nn.Module, input_shape: Sequence[int]) -> tuple[int, .
         out = functional_call(module, meta_state, (torch.zeros(2, *input_shape, device="meta"),))
     return tuple(out.shape[1:])
 
-
-def flat_size(shape: Sequence[int]) -> int:
-    return math.prod(shape)

@@ -3,10 +3,12 @@
 Attribute names (conv1, bn1, layer1..4, shortcut) follow the paper's base code.
 """
 
+import math
+
 from torch import nn
 
 from networks.convnet import make_norm
-from networks.registry import EmbedClassifier, dry_run_shape, flat_size, register
+from networks.registry import EmbedClassifier, dry_run_shape, register
 
 STAGE_WIDTHS = (64, 128, 256, 512)
 
@@ -59,7 +61,7 @@ class ResNet(EmbedClassifier):
             setattr(self, f"layer{stage + 1}", nn.Sequential(*blocks))
         # Global average pool to 512 features; the paper's _AP variant flattens the whole final map instead.
         self.head_pool = nn.Identity() if avgpool_downsampling else nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(flat_size(dry_run_shape(self.head_pool, shape)), num_classes)
+        self.classifier = nn.Linear(math.prod(dry_run_shape(self.head_pool, shape)), num_classes)
 
     def embed(self, x):
         out = self.bn1(self.conv1(x)).relu()

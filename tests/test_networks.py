@@ -49,7 +49,8 @@ def test_non_square_images(name):
 def test_int_im_size_means_square():
     a = networks.build_network("ConvNet", 3, 10, 32)
     b = networks.build_network("ConvNet", 3, 10, (32, 32))
-    assert a.classifier.in_features == b.classifier.in_features == 128 * 4 * 4
+    c = networks.build_network("ConvNet", 3, 10, torch.Size([32, 32]))
+    assert a.classifier.in_features == b.classifier.in_features == c.classifier.in_features == 128 * 4 * 4
 
 
 def test_paper_feature_sizes():

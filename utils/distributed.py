@@ -58,13 +58,18 @@ def barrier(dist: DistInfo) -> None:
         torch_dist.barrier()
 
 
+def broadcast_object(dist: DistInfo, obj):
+    """Rank 0's (picklable) object everywhere."""
+    if not dist.enabled:
+        return obj
+    box = [obj]
+    torch_dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def broadcast_int(dist: DistInfo, value: int) -> int:
     """Rank 0's value everywhere (e.g. a clock-based seed)."""
-    if not dist.enabled:
-        return value
-    box = [value]
-    torch_dist.broadcast_object_list(box, src=0)
-    return int(box[0])
+    return int(broadcast_object(dist, value))
 
 
 def gather_objects(dist: DistInfo, obj) -> list:

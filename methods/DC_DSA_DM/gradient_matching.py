@@ -7,11 +7,13 @@ gradient on the synthetic images of c, w.r.t. every parameter of a random networ
 
 The paper computes this with a Python loop of 2C backward passes (`gradient_matching_loss_loop`, kept as the
 reference). Here the C per-class gradients come from ONE call: `vmap(grad(loss))` over the class dim, with the
-network applied through `torch.func.functional_call`. vmap folds the class dim into the batch dim of every
-conv / matmul, so the work is that of one batch of C*n images instead of C batches of n.
+network applied through `torch.func.functional_call`. vmap folds the class dim into the batch dim of the
+forward and input-gradient convs / matmuls, and turns the per-class weight gradients into one grouped conv:
+one batch of C*n images instead of C batches of n (the win is on GPUs, where small per-class batches leave
+the device idle; on a CPU both do the same FLOPs).
 
-Memory: the real side is a forward + backward of C*batch_real images (CIFAR-10, batch_real 256, ConvNet: like a
-batch of 2560, a few GB); the synthetic side keeps the double-backward graph of C*ipc images. For many classes
+Memory: the real side is a forward + backward of C*batch_real images (CIFAR-10, batch_real 256: like one
+batch of 2560); the synthetic side keeps the double-backward graph of C*ipc images. For many classes
 (CIFAR-100 and up) pass `chunk_size` (classes per vmap chunk) to bound the peak; the result is the same.
 """
 
@@ -36,8 +38,8 @@ def get_loops(ipc: int) -> tuple[int, int]:
 
     Tabulated ipc (1, 10, 20, 30, 40, 50): the paper's values. Any other ipc >= 1:
       outer = min(ipc, 50)   (the table has outer = ipc; capped so large ipc does not grow the step count)
-      inner = the table's inner linearly interpolated in ipc between the neighbouring entries, rounded half up;
-              beyond 50 it stays at the ipc-50 value (10).
+      inner = the table's inner, linearly interpolated in ipc between the neighbouring entries and rounded
+              half up; beyond 50 it stays at the ipc-50 value (10).
     E.g. 2 -> (2, 6), 5 -> (5, 23), 15 -> (15, 38), 100 -> (50, 10).
     """
     ipc = int(ipc)
@@ -61,13 +63,14 @@ def class_labels(num_classes: int, per_class: int, device) -> Tensor:
 
 
 def siamese_augment(real: Tensor, syn: Tensor, strategy: str | None, generator: torch.Generator,
-                    params: DSAParams = DSAParams()) -> tuple[Tensor, Tensor]:
+                    params: DSAParams | None = None) -> tuple[Tensor, Tensor]:
     """DSA on real (C, n, ...) and syn (C, ipc, ...) in one call; group = class id, so the real and synthetic
     images of a class get the identical transform (the paper's shared seed), and every class its own."""
     C, n = real.shape[:2]
     both = torch.cat([real, syn], dim=1)  # (C, n + ipc, ch, H, W)
     groups = torch.arange(C, device=real.device).repeat_interleave(both.shape[1])
-    out = dsa_augment(both.flatten(0, 1), strategy, generator, groups=groups, params=params, num_groups=C)
+    out = dsa_augment(both.flatten(0, 1), strategy, generator, groups=groups, params=params or DSAParams(),
+                      num_groups=C)
     out = out.reshape(both.shape)
     return out[:, :n], out[:, n:]
 

@@ -1,0 +1,153 @@
+"""Time one distillation outer step: the class-batched losses vs the paper's per-class loops.
+
+One step = (DSA: Siamese augmentation +) matching loss + backward to the synthetic images, on CIFAR-shaped
+random data (10 classes, 3x32x32) with a fresh ConvNet; drawing the real batch is excluded.
+
+- DC / DSA: gradient_matching_loss (one vmap(grad) per side) vs gradient_matching_loss_loop (2C autograd.grad
+  calls). DSA batched: one siamese_augment call; DSA loop: the paper's two dsa_augment calls per class
+  with a shared seed.
+- DM: distribution_matching_loss (two embed calls) vs distribution_matching_loss_loop (2C embed calls);
+  frozen network, no augmentation.
+
+Batched and loop runs alternate, the median over --repeats is printed, plus |loss difference| / |loss| as a
+check that both compute the same thing (DSA's two paths draw different augmentations, so it is left out).
+
+    python benchmarks/bench_distill.py             # batch_real 256, 5 repeats, CPU (+ CUDA when present)
+    python benchmarks/bench_distill.py --quick     # batch_real 64, 2 repeats
+    python benchmarks/bench_distill.py --device cuda --cases DC1,DC10,DM50
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from methods.DC_DSA_DM.distribution_matching import (  # noqa: E402
+    distribution_matching_loss,
+    distribution_matching_loss_loop,
+)
+from methods.DC_DSA_DM.gradient_matching import (  # noqa: E402
+    gradient_matching_loss,
+    gradient_matching_loss_loop,
+    siamese_augment,
+)
+from networks import build_network  # noqa: E402
+from utils.augment import DEFAULT_DSA_STRATEGY, dsa_augment  # noqa: E402
+from utils.misc import make_generator  # noqa: E402
+
+NUM_CLASSES, SHAPE = 10, (3, 32, 32)
+CASES = {"DC1": ("DC", 1), "DC10": ("DC", 10), "DC50": ("DC", 50), "DSA10": ("DSA", 10),
+         "DM10": ("DM", 10), "DM50": ("DM", 50)}
+
+
+def get_args_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", default=None,
+                        help="cpu, cuda, or cpu,cuda (default: cpu, plus cuda when available)")
+    parser.add_argument("--quick", action="store_true", help="batch_real 64 and 2 repeats by default")
+    parser.add_argument("--batch_real", type=int, default=None, help="real images per class (default 256)")
+    parser.add_argument("--repeats", type=int, default=None, help="timed steps per path (default 5)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps per path first")
+    parser.add_argument("--model", default="ConvNet")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"subset of {','.join(CASES)}")
+    return parser
+
+
+def dsa_loop(real, syn, generator):
+    """The paper's Siamese DSA: per class, augment real and syn separately from the same seed."""
+    out_real, out_syn = [], []
+    seeds = torch.randint(2**31 - 1, (real.shape[0],), generator=generator).tolist()
+    for c, seed in enumerate(seeds):
+        out_real.append(dsa_augment(real[c], DEFAULT_DSA_STRATEGY, make_generator(seed, real.device)))
+        out_syn.append(dsa_augment(syn[c], DEFAULT_DSA_STRATEGY, make_generator(seed, real.device)))
+    return torch.stack(out_real), torch.stack(out_syn)
+
+
+def make_step(method: str, batched: bool, model, real, syn, device):
+    """A closure doing one outer step; returns the (detached) loss."""
+    generator = make_generator(0, device)
+    cpu_generator = make_generator(0)
+
+    def step():
+        syn.grad = None
+        r, s = real, syn
+        if method == "DM":
+            loss = (distribution_matching_loss if batched else distribution_matching_loss_loop)(model, r, s)
+        else:
+            if method == "DSA":
+                r, s = (siamese_augment(r, s, DEFAULT_DSA_STRATEGY, generator) if batched
+                        else dsa_loop(r, s, cpu_generator))
+            loss = (gradient_matching_loss if batched else gradient_matching_loss_loop)(model, r, s)
+        loss.backward()
+        return loss.detach()
+
+    return step
+
+
+def timed(step, device) -> tuple[float, torch.Tensor]:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    start = time.perf_counter()
+    loss = step()
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return time.perf_counter() - start, loss
+
+
+def run_case(name: str, device, batch_real: int, repeats: int, warmup: int, model_name: str) -> str:
+    method, ipc = CASES[name]
+    torch.manual_seed(0)
+    model = build_network(model_name, SHAPE[0], NUM_CLASSES, SHAPE[1:]).to(device)
+    if method == "DM":
+        for p in model.parameters():
+            p.requires_grad_(False)
+    gen = make_generator(1, device)
+    real = torch.randn(NUM_CLASSES, batch_real, *SHAPE, generator=gen, device=device)
+    syn = torch.randn(NUM_CLASSES, ipc, *SHAPE, generator=gen, device=device, requires_grad=True)
+    steps = {path: make_step(method, path == "batched", model, real, syn, device)
+             for path in ("batched", "loop")}
+    times, losses = {"batched": [], "loop": []}, {}
+    for i in range(warmup + repeats):
+        for path, step in steps.items():  # alternate, so load changes hit both paths alike
+            seconds, losses[path] = timed(step, device)
+            if i >= warmup:
+                times[path].append(seconds)
+    batched, loop = statistics.median(times["batched"]), statistics.median(times["loop"])
+    rel_diff = float((losses["batched"] - losses["loop"]).abs() / losses["loop"].abs())
+    diff = "-" if method == "DSA" else f"{rel_diff:.1e}"
+    return (f"| {method:<4}| {ipc:>3} | {device.type:<4} | {batch_real:>4} | {batched:9.4f} | {loop:9.4f} "
+            f"| {loop / batched:6.2f}x | {diff:>8} |")
+
+
+def main(argv=None) -> None:
+    args = get_args_parser().parse_args(argv)
+    batch_real = args.batch_real or (64 if args.quick else 256)
+    repeats = args.repeats or (2 if args.quick else 5)
+    if args.device is None:
+        devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+    else:
+        devices = [d.strip() for d in args.device.split(",") if d.strip()]
+    cases = [c.strip() for c in args.cases.split(",") if c.strip()]
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        sys.exit(f"error: unknown case(s) {unknown}; known: {', '.join(CASES)}")
+    print(f"model {args.model}, {NUM_CLASSES} classes x {'x'.join(map(str, SHAPE))}, median of {repeats} "
+          f"(after {args.warmup} warm-up), torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
+    print("| meth| ipc | dev  | real | batched s | loop s    | speedup | rel.diff |")
+    print("|-----|-----|------|------|-----------|-----------|---------|----------|")
+    for device in map(torch.device, devices):
+        if device.type == "cuda" and torch.cuda.is_available():
+            print(f"<!-- {torch.cuda.get_device_name(device)} -->")
+        for name in cases:
+            print(run_case(name, device, batch_real, repeats, args.warmup, args.model), flush=True)
+
+
+if __name__ == "__main__":
+    main()

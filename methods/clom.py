@@ -1,0 +1,398 @@
+"""CLoM, the Contrastive Loss of pre-trained Models (PAPER_README.txt), in class-sum form.
+
+For a real batch B (labels y_i) and the synthetic set S (labels y_j), with M[i, j] = [y_i == y_j]:
+
+    L = alpha * sum(D * M) / sum(D)
+
+Written as a |B| x |S| matrix this costs |B|·|S|·d per step and a forward pass of the whole real batch.
+Both sums collapse to per-class quantities of the real batch (n_c = number of real images of class c):
+
+  ce:  D[i, j] = L_j[y_i], with L_j = -log p*(x_j) the pool model's negative log-probabilities (|S| x C).
+       sum(D * M) = sum_j sum_{i: y_i = y_j} L_j[y_j]  = sum_j n_{y_j} · L_j[y_j]
+       sum(D)     = sum_j sum_i L_j[y_i]              = sum_j sum_c n_c · L_j[c]
+       -> only the real class counts are needed, never a real image.
+  cos: D[i, j] = 1 - u_i·v_j, with u_i = F(x_i)/|F(x_i)| (real) and v_j likewise (synthetic).
+       With s_c = sum_{i: y_i = c} u_i and s = sum_c s_c:
+       sum(D * M) = sum_j sum_{i: y_i = y_j} (1 - u_i·v_j) = sum_j (n_{y_j} - v_j·s_{y_j})
+       sum(D)     = sum_j sum_i (1 - u_i·v_j)             = sum_j (|B| - v_j·s)
+       -> only the per-class sums of unit real features are needed: O(|S|·d + |S|·C) per step.
+
+The pool is frozen and real images are not augmented, so the unit real features of each pool model are the
+same at every step: they are computed once and cached on the device, and a CLoM batch is an index draw into
+that cache (too large for `cache_budget_bytes`: the drawn batch's features are computed per step instead,
+same result). With the whole data set as the batch only the class sums s_c are kept.
+
+`ce_plain` is what the paper's code computes for `ce`: alpha * CE(model(x_syn), y_syn).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from networks.foundation import is_foundation_name
+from utils.misc import UserError, make_generator
+from utils.pools import InputSpace, PoolArch, draw_pool_member, load_pool, make_input_adapter, resolve_alphas
+
+DISTANCES = ("ce", "cos", "ce_plain")
+FEATURES = ("embed", "logits")
+FEATURE_BATCH_SIZE = 512  # real images per no-grad forward when filling the cache
+
+
+# ---------------------------------------------------------------- the formula, as written (tests, baseline)
+def clom_direct(
+    distance: str,
+    syn_outputs: torch.Tensor,
+    syn_labels: torch.Tensor,
+    real_labels: torch.Tensor,
+    real_outputs: torch.Tensor | None = None,
+    alpha: float = 1.0,
+) -> torch.Tensor:
+    """The full |B| x |S| matrices D and M. `ce`: syn_outputs are logits (real_outputs unused);
+    `cos`: syn_outputs / real_outputs are features F(x)."""
+    mask = (real_labels[:, None] == syn_labels[None, :]).to(syn_outputs.dtype)  # M[i, j] = [y_i == y_j]
+    if distance == "ce":
+        neg_log_p = -F.log_softmax(syn_outputs, dim=1)  # (|S|, C)
+        dist = neg_log_p[:, real_labels].T  # D[i, j] = -log p*(x_j)[y_i]
+    elif distance == "cos":
+        dist = 1 - F.normalize(real_outputs, dim=1) @ F.normalize(syn_outputs, dim=1).T
+    else:
+        raise ValueError(f"clom_direct: distance must be 'ce' or 'cos', got {distance!r}")
+    return alpha * (dist * mask).sum() / dist.sum()
+
+
+# ---------------------------------------------------------------- the class-sum forms
+# Sums run in float64: both numerator and denominator are differences of large, nearly equal numbers.
+def ce_class_sum(
+    syn_logits: torch.Tensor, syn_labels: torch.Tensor, real_counts: torch.Tensor
+) -> torch.Tensor:
+    neg_log_p = -F.log_softmax(syn_logits.double(), dim=1)  # L_j, (|S|, C)
+    counts = real_counts.to(neg_log_p)  # n_c
+    own_class = neg_log_p.gather(1, syn_labels[:, None]).squeeze(1)  # L_j[y_j]
+    matched = (counts[syn_labels] * own_class).sum()  # sum_j n_{y_j} L_j[y_j]
+    total = (neg_log_p @ counts).sum()  # sum_j sum_c n_c L_j[c]
+    return (matched / total).to(syn_logits.dtype)
+
+
+def cos_class_sum(
+    syn_features: torch.Tensor,
+    syn_labels: torch.Tensor,
+    real_class_sums: torch.Tensor,
+    real_counts: torch.Tensor,
+) -> torch.Tensor:
+    v = F.normalize(syn_features, dim=1).double()  # (|S|, d)
+    sums = real_class_sums.to(v)  # s_c, (C, d)
+    counts = real_counts.to(v)  # n_c
+    matched = counts[syn_labels].sum() - (v * sums[syn_labels]).sum()  # sum_j n_{y_j} - v_j·s_{y_j}
+    total = counts.sum() * len(v) - v.sum(0) @ sums.sum(0)  # sum_j |B| - v_j·s
+    return (matched / total).to(syn_features.dtype)
+
+
+def class_sums(unit_features: torch.Tensor, labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """s_c = sum of the rows of class c, in float64: (C, d)."""
+    sums = unit_features.new_zeros((num_classes, unit_features.shape[1]), dtype=torch.float64)
+    return sums.index_add_(0, labels, unit_features.double())
+
+
+def class_counts(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """n_c. index_add rather than bincount, which on CUDA waits for the device to learn the largest label."""
+    counts = torch.zeros(num_classes, dtype=torch.long, device=labels.device)
+    return counts.index_add_(0, labels, torch.ones_like(labels))
+
+
+def cached_class_sums(
+    cache: torch.Tensor, idx: torch.Tensor, labels: torch.Tensor, num_classes: int
+) -> torch.Tensor:
+    """s_c over the cache rows `idx`. embedding_bag sums each class's rows without a |B| x d copy."""
+    drawn_labels = labels[idx]
+    order = torch.argsort(drawn_labels)
+    counts = class_counts(drawn_labels, num_classes)
+    offsets = torch.cumsum(counts, 0) - counts
+    return F.embedding_bag(idx[order], cache, offsets, mode="sum").double()
+
+
+# ---------------------------------------------------------------- CLI helper
+def parse_weight_map(entries: list[str] | None) -> dict[str, str]:
+    """['timm:resnet18=/path/w.pth', ...] -> {'timm:resnet18': '/path/w.pth'} (for --CLoM_weights)."""
+    mapping: dict[str, str] = {}
+    for entry in entries or []:
+        name, sep, path = str(entry).partition("=")
+        name, path = name.strip(), path.strip()
+        if not sep or not name or not path:
+            raise UserError(
+                f"--CLoM_weights expects <pool model>=<file, folder or 'download'>, e.g. "
+                f"timm:resnet18=/path/to/resnet18.safetensors; got {entry!r}"
+            )
+        if not is_foundation_name(name):
+            raise UserError(
+                f"--CLoM_weights {entry!r}: only foundation models (timm:, open_clip:, torchvision:) "
+                "take weights this way"
+            )
+        if name in mapping:
+            raise UserError(f"--CLoM_weights names {name!r} twice")
+        mapping[name] = path
+    return mapping
+
+
+# ---------------------------------------------------------------- the loss object the scripts call
+class _RealSet:
+    """Real images behind the `images(idx)` / `labels` / `len` interface of utils.data.ImageSet."""
+
+    def __init__(self, images, labels: torch.Tensor):
+        self._images, self.labels = images, labels
+
+    def images(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        if isinstance(self._images, torch.Tensor):
+            return self._images if idx is None else self._images[idx]
+        return self._images.images(idx)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class _MemberState:
+    """Everything one pool model needs at each step."""
+
+    arch: str
+    index: int
+    model: nn.Module
+    adapter: nn.Module  # target space -> this model's input space
+    features: nn.Module | None  # F for cos (embed or logits)
+    cache: torch.Tensor | None = None  # (N, d) unit real features, when drawn batches fit the budget
+    total_sums: torch.Tensor | None = None  # (C, d) float64 s_c over all real images (full batch)
+
+
+class ClomLoss:
+    """`loss = clom(image_syn, label_syn)`: one CLoM step, alpha included, differentiable in image_syn."""
+
+    def __init__(
+        self,
+        pool: list[PoolArch],
+        alphas: list[float],
+        distance: str,
+        feature: str,
+        real,
+        batch_size: int,
+        target_space: InputSpace,
+        num_classes: int,
+        device,
+        seed: int,
+        cache_budget_bytes: int,
+        source_dataset: str = "",
+        feature_batch_size: int = FEATURE_BATCH_SIZE,
+    ):
+        self.pool, self.alphas, self.distance, self.feature = pool, alphas, distance, feature
+        self.real, self.num_classes, self.device = real, num_classes, torch.device(device)
+        self.source_dataset, self.feature_batch_size = source_dataset, feature_batch_size
+        self.num_real = len(real)
+        self.real_labels = real.labels.to(self.device, torch.long)
+        self.full_batch = batch_size <= 0 or batch_size >= self.num_real  # all real images, exactly
+        self.batch_size = self.num_real if self.full_batch else batch_size
+        self.real_counts = class_counts(self.real_labels, num_classes)
+        self._member_gen = make_generator(seed, "cpu")  # which pool model: a CPU draw, no device sync
+        self._batch_gen = make_generator(seed + 1, self.device)  # which real images
+        self.cache_bytes = 0
+        self.last_draw: tuple[str, int] | None = None
+        self.states = [
+            [self._member_state(arch, k, member, target_space) for k, member in enumerate(arch.members)]
+            for arch in pool
+        ]
+        self._fill_caches(cache_budget_bytes)
+
+    def _member_state(self, arch: PoolArch, index: int, member, target_space: InputSpace) -> _MemberState:
+        features = None
+        if self.distance == "cos":
+            features = _EmbedOf(member.model) if self.feature == "embed" else member.model
+        adapter = make_input_adapter(target_space, member.input_space).to(self.device)
+        return _MemberState(arch.architecture, index, member.model, adapter, features)
+
+    # ---- real features (cos only)
+    @torch.no_grad()
+    def unit_real_features(self, state: _MemberState, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """u_i = F(x_i)/|F(x_i)| for the real images `idx` (None: all), in no-grad chunks."""
+        idx = torch.arange(self.num_real, device=self.device) if idx is None else idx
+        chunks = [
+            state.features(state.adapter(self.real.images(part)))
+            for part in idx.split(self.feature_batch_size)
+        ]
+        return F.normalize(torch.cat(chunks), dim=1)
+
+    def _fill_caches(self, budget: int) -> None:
+        if self.distance != "cos":
+            return  # ce needs only the class counts of the real batch
+        for state in (s for arch_states in self.states for s in arch_states):
+            if self.full_batch:  # only s_c is ever needed: (C, d), streamed, no per-image cache
+                state.total_sums = sum(
+                    class_sums(self.unit_real_features(state, part), self.real_labels[part], self.num_classes)
+                    for part in torch.arange(self.num_real, device=self.device).split(
+                        self.feature_batch_size * 8
+                    )
+                )
+                continue
+            probe = self.unit_real_features(state, torch.zeros(1, dtype=torch.long, device=self.device))
+            need = self.num_real * probe.shape[1] * probe.element_size()
+            if self.cache_bytes + need <= budget:
+                state.cache = self.unit_real_features(state)
+                self.cache_bytes += need
+
+    def real_class_sums(self, state: _MemberState, idx: torch.Tensor | None) -> torch.Tensor:
+        if idx is None:
+            return state.total_sums
+        if state.cache is not None:
+            return cached_class_sums(state.cache, idx, self.real_labels, self.num_classes)
+        return class_sums(self.unit_real_features(state, idx), self.real_labels[idx], self.num_classes)
+
+    def draw_real_batch(self) -> torch.Tensor | None:
+        """Indices of this step's real batch, without replacement; None = all real images."""
+        if self.full_batch:
+            return None
+        perm = torch.randperm(self.num_real, generator=self._batch_gen, device=self.device)
+        return perm[: self.batch_size]
+
+    # ---- one step
+    def __call__(self, image_syn: torch.Tensor, label_syn: torch.Tensor) -> torch.Tensor:
+        arch_index, model_index = draw_pool_member(self.pool, self._member_gen)
+        state, alpha = self.states[arch_index][model_index], self.alphas[arch_index]
+        self.last_draw = (state.arch, state.index)
+        x = state.adapter(image_syn)
+        if self.distance == "ce_plain":
+            return alpha * F.cross_entropy(state.model(x), label_syn)
+        idx = self.draw_real_batch()
+        counts = self.real_counts if idx is None else class_counts(self.real_labels[idx], self.num_classes)
+        if self.distance == "ce":
+            return alpha * ce_class_sum(state.model(x), label_syn, counts)
+        return alpha * cos_class_sum(state.features(x), label_syn, self.real_class_sums(state, idx), counts)
+
+    def describe(self) -> str:
+        members = ", ".join(
+            f"{arch.architecture} x{len(arch.members)} (alpha {alpha:g})"
+            for arch, alpha in zip(self.pool, self.alphas)
+        )
+        source = f"{self.source_dataset}: " if self.source_dataset else ""
+        feature = f" on {self.feature}" if self.distance == "cos" else ""
+        batch = (
+            f"all {self.num_real} real images"
+            if self.full_batch
+            else f"{self.batch_size} of {self.num_real} real images per step (no replacement)"
+        )
+        states = [s for arch_states in self.states for s in arch_states]
+        if self.distance != "cos":
+            cache = "class counts only"
+        elif self.full_batch:
+            cache = f"per-class feature sums for {len(states)} model(s)"
+        else:
+            cached = sum(s.cache is not None for s in states)
+            cache = f"{cached}/{len(states)} model(s) cached, {self.cache_bytes / 2**20:.1f} MiB"
+            cache += ", others computed per step" if cached < len(states) else ""
+        return f"CLoM {self.distance}{feature} | pool {source}{members} | {batch} | real features: {cache}"
+
+
+class _EmbedOf(nn.Module):
+    """F = model.embed, as a callable module."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model.embed(x)
+
+
+def build_clom_loss(
+    *,
+    distance: str,
+    alphas: list[float] | None,
+    models_pool: list[str] | None,
+    model_num: int,
+    epoch: int,
+    source_dataset: str,
+    batch_size: int,
+    feature: str,
+    real_images,
+    real_labels: torch.Tensor | None,
+    target_mean: torch.Tensor,
+    target_std: torch.Tensor,
+    target_normalized: bool,
+    target_num_classes: int,
+    device,
+    seed: int,
+    pool_root: str = "pretrained_model",
+    cache_budget_bytes: int = 4 << 30,
+    weights: dict[str, str] | None = None,
+) -> ClomLoss:
+    """Load the pool, check it fits the distance and the target, and prepare the real-side statistics.
+
+    `real_images`: (N, C, H, W) float tensor in the target's (normalized) space on `device`, or an object with
+    `images(idx)`, `labels` and `__len__` (e.g. utils.data.ImageSet); `real_labels` may then be None."""
+    if distance not in DISTANCES:
+        raise UserError(f"--CLoM_distance must be one of {', '.join(DISTANCES)}, got {distance!r}")
+    if feature not in FEATURES:
+        raise UserError(f"CLoM feature must be one of {', '.join(FEATURES)}, got {feature!r}")
+    if not models_pool:
+        raise UserError(
+            "--CLoM needs --models_pool <architecture ...> (e.g. --models_pool ConvNet) and --alphas "
+            "<one per architecture, or one for all> (e.g. --alphas 1000)"
+        )
+    alphas = resolve_alphas(alphas, list(models_pool))
+    if batch_size < 0:
+        raise UserError(f"--CLoM_batch_size must be >= 0 (0 = all real images), got {batch_size}")
+    real = _as_real_set(real_images, real_labels)
+    if len(real) == 0:
+        raise UserError("CLoM needs real training images, but the data set is empty")
+    if int(real.labels.max()) >= target_num_classes or int(real.labels.min()) < 0:
+        raise UserError(f"real labels must lie in 0..{target_num_classes - 1}")
+    if distance in ("ce", "ce_plain") and feature != "embed":
+        raise UserError(f"CLoM feature {feature!r} applies only to --CLoM_distance cos")
+
+    pool = load_pool(source_dataset, list(models_pool), model_num, epoch, device, pool_root, weights)
+    _check_pool_fits(pool, distance, feature, target_num_classes)
+    first = real.images(torch.zeros(1, dtype=torch.long, device=real.labels.device))
+    target_space = InputSpace(
+        int(first.shape[1]),
+        (int(first.shape[2]), int(first.shape[3])),
+        bool(target_normalized),
+        tuple(float(v) for v in target_mean.tolist()),
+        tuple(float(v) for v in target_std.tolist()),
+    )
+    return ClomLoss(
+        pool,
+        alphas,
+        distance,
+        feature,
+        real,
+        batch_size,
+        target_space,
+        target_num_classes,
+        device,
+        seed,
+        cache_budget_bytes,
+        source_dataset,
+    )
+
+
+def _as_real_set(real_images, real_labels) -> _RealSet:
+    if isinstance(real_images, torch.Tensor):
+        if real_images.dim() != 4 or real_labels is None or len(real_labels) != len(real_images):
+            raise UserError("CLoM real images must be (N, C, H, W) with N labels")
+        return _RealSet(real_images, real_labels.to(real_images.device, torch.long))
+    labels = real_images.labels if real_labels is None else real_labels  # an ImageSet-like object
+    return _RealSet(real_images, labels.long())
+
+
+def _check_pool_fits(pool: list[PoolArch], distance: str, feature: str, target_num_classes: int) -> None:
+    for arch in pool:
+        if arch.foundation and (distance != "cos" or feature != "embed"):
+            raise UserError(
+                f"foundation model {arch.architecture} gives embeddings only: use --CLoM_distance cos "
+                "(with the default embed features)"
+            )
+        if distance != "cos" and arch.members[0].num_classes != target_num_classes:
+            raise UserError(
+                f"--CLoM_distance {distance} needs a pool with the target's classes, but "
+                f"{arch.architecture} predicts {arch.members[0].num_classes} classes and the target has "
+                f"{target_num_classes}: use --CLoM_distance cos for out-of-distribution pools"
+            )

@@ -1,0 +1,133 @@
+"""train_original_models.py and validate.py, run in-process as a user would (on the bundled Digits set)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import train_original_models
+import validate
+from utils.data import load_dataset
+from utils.misc import run_cli
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def workdir(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def _train(*extra):
+    argv = ["--dataset", "Digits", "--model", "ConvNetW32", "--num", "2", "--epochs", "2", "--batch_size", "128",
+            "--random_seed", "0", "--normalize_data", *extra]
+    return run_cli(train_original_models.main, argv)
+
+
+def test_pool_training_layout_and_info(workdir):
+    assert _train() == 0
+    arch = workdir / "pretrained_model/Digits/original/ConvNetW32"
+    for k in (0, 1):
+        run = arch / f"index_{k}"
+        for epoch in (1, 2):
+            state = torch.load(run / f"Digits_ConvNetW32_original_epoch{epoch}.pth", weights_only=True)
+            assert "classifier.weight" in state
+        info = json.loads((run / "model_info.json").read_text())
+        assert info["dataset"] == "Digits" and info["normalized"] is True and info["seed"] == k
+        assert info["channel"] == 1 and info["im_size"] == [8, 8] and info["num_classes"] == 10
+        assert set(info["test_acc"]) == {"1", "2"} and 0.0 <= info["test_acc"]["2"] <= 1.0
+    assert "test acc" in (arch / "train_index_0-1.log").read_text()
+    # A second run never overwrites: it takes the next free indexes.
+    assert _train("--epochs", "1") == 0
+    assert (arch / "index_2").is_dir() and (arch / "index_3").is_dir()
+    assert (arch / "index_0" / "Digits_ConvNetW32_original_epoch2.pth").exists()
+
+
+def test_pool_training_is_reproducible(workdir):
+    assert _train("--num", "1", "--epochs", "1") == 0
+    assert _train("--num", "1", "--epochs", "1") == 0
+    arch = workdir / "pretrained_model/Digits/original/ConvNetW32"
+    a = torch.load(arch / "index_0/Digits_ConvNetW32_original_epoch1.pth", weights_only=True)
+    b = torch.load(arch / "index_1/Digits_ConvNetW32_original_epoch1.pth", weights_only=True)
+    assert all(torch.equal(a[key], b[key]) for key in a)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--num", "0"], "--num"),
+    (["--epochs", "-1"], "--epochs"),
+    (["--dataset", "NoSuchSet"], "NoSuchSet"),
+    (["--model", "NoSuchNet"], "NoSuchNet"),
+    (["--lr_decay_step", "5,x"], "--lr_decay_step"),
+    (["--dataset", "CIFAR10", "--data_path", "missing_dir", "--no_download"], "missing_dir"),
+    (["--save_root", "a_file"], "a_file"),
+])
+def test_pool_training_bad_input(workdir, capsys, argv, message):
+    (workdir / "a_file").write_text("not a folder")
+    assert _train(*argv) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error:") and message in err[0]
+    assert "Traceback" not in err[0]
+
+
+def _real_subset_file(path: Path, paper_format: bool):
+    data = load_dataset("Digits")
+    gen = torch.Generator().manual_seed(0)
+    images = torch.cat([data.train.sample_class(c, 10, gen) for c in range(10)])
+    labels = torch.arange(10).repeat_interleave(10)
+    accs = {"ConvNet": [np.float64(0.5), np.float32(0.25)]} if paper_format else {"ConvNet": [0.5]}
+    torch.save({"data": [[images, labels]], "accs_all_exps": accs}, path)
+    return path
+
+
+@pytest.mark.parametrize("paper_format", [False, True])
+def test_validate_real_subset(workdir, capsys, paper_format):
+    path = _real_subset_file(workdir / "res.pt", paper_format)
+    argv = ["--normalize_data", "--dataset", "Digits", "--model", "ConvNetW32", "--dsa", "--synthesis_data_path",
+            str(path), "--epochs", "20", "--save_every", "10", "--lr_decay_step", "15", "--num_eval", "2",
+            "--random_seed", "0", "--save_model"]
+    assert run_cli(validate.main, argv) == 0
+    out = capsys.readouterr().out
+    assert "final" in out and "best" in out
+    log = (workdir / "validate_ConvNetW32.log").read_text()
+    final_line = [line for line in log.splitlines() if "2 networks" in line][0]
+    mean_final = float(final_line.split("final ")[1].split(" ±")[0])
+    assert mean_final > 50.0  # ten real digits per class train a net far above chance (10%)
+    saved = sorted((workdir / "pretrained_model/Digits/DC/IPC10/ConvNetW32").glob("index_*/*.pth"))
+    assert len(saved) == 2
+
+
+def test_validate_without_normalization_maps_the_set_to_pixel_space(workdir):
+    path = _real_subset_file(workdir / "res.pt", False)
+    argv = ["--dataset", "Digits", "--model", "ConvNetW32", "--synthesis_data_path", str(path), "--epochs", "10",
+            "--save_every", "10", "--random_seed", "0"]
+    assert run_cli(validate.main, argv) == 0
+
+
+@pytest.mark.parametrize("content, message", [
+    (b"garbage", "cannot read"),
+    ({"accs_all_exps": {}}, "not a synthetic-set file"),
+    ({"data": [[torch.zeros(4, 3, 32, 32), torch.zeros(4, dtype=torch.long)]]}, "(3, 32, 32)"),
+    ({"data": [[torch.zeros(4, 1, 8, 8), torch.full((4,), 12)]]}, "labels outside"),
+])
+def test_validate_bad_files(workdir, capsys, content, message):
+    path = workdir / "bad.pt"
+    if isinstance(content, bytes):
+        path.write_bytes(content)
+    else:
+        torch.save(content, path)
+    argv = ["--dataset", "Digits", "--synthesis_data_path", str(path), "--epochs", "1"]
+    assert run_cli(validate.main, argv) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_validate_missing_file_exits_nonzero_from_the_shell(workdir):
+    cmd = [sys.executable, str(ROOT / "validate.py"), "--dataset", "Digits", "--synthesis_data_path", "nope.pt"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert proc.returncode != 0 and "nope.pt" in proc.stderr and "Traceback" not in proc.stderr

@@ -1,0 +1,239 @@
+"""Pools of frozen pre-trained models for CLoM: loading, input-space adapters, per-step draws.
+
+A pool architecture is either one of ours (`ConvNet`, ...: `model_num` checkpoints index_0..index_{n-1}
+written by train_original_models.py, each with its model_info.json) or a foundation model
+(`timm:<name>`, `open_clip:<name>`, `torchvision:<name>`: one model from local weights).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from networks import build_network, list_networks
+from networks.foundation import FoundationModelError, build_foundation_model, is_foundation_name
+from utils.data import get_dataset_spec
+from utils.io import POOL_INFO_NAME, POOL_ROOT, load_json, load_state_dict_file, pool_checkpoint_path
+from utils.misc import UserError, get_logger
+
+
+# ---------------------------------------------------------------- input spaces and the adapter between them
+@dataclass(frozen=True)
+class InputSpace:
+    """How images are presented: channels, (H, W), and whether (and how) mean/std-normalized.
+    normalized=False means raw pixels in [0, 1]."""
+
+    channel: int
+    im_size: tuple[int, int]
+    normalized: bool
+    mean: tuple[float, ...] = ()
+    std: tuple[float, ...] = ()
+
+    def same_pixel_scale(self, other: InputSpace) -> bool:
+        if self.normalized != other.normalized:
+            return False
+        close = lambda a, b: len(a) == len(b) and all(math.isclose(x, y, abs_tol=1e-6) for x, y in zip(a, b))
+        return not self.normalized or (close(self.mean, other.mean) and close(self.std, other.std))
+
+
+def input_space_from_info(info: dict) -> InputSpace:
+    return InputSpace(
+        int(info["channel"]),
+        tuple(int(s) for s in info["im_size"]),
+        bool(info["normalized"]),
+        tuple(float(v) for v in info["mean"]),
+        tuple(float(v) for v in info["std"]),
+    )
+
+
+class InputAdapter(nn.Module):
+    """Differentiable map from target images to a pool model's input space:
+    undo the target normalization -> 3->1 channels (mean of R, G, B) -> bilinear resize (no antialias)
+    -> 1->3 channels (repeat) -> the model's normalization. Steps that change nothing are skipped."""
+
+    def __init__(self, source: InputSpace, dest: InputSpace):
+        super().__init__()
+        if source.channel != dest.channel and {source.channel, dest.channel} != {1, 3}:
+            raise UserError(
+                f"cannot feed {source.channel}-channel images to a pool model expecting "
+                f"{dest.channel} channels (only 1<->3 is supported)"
+            )
+        self.source, self.dest = source, dest
+        # Resizing commutes with per-channel affine maps: same channels and pixel scale -> resizing is all.
+        self.rescale = source.channel != dest.channel or not source.same_pixel_scale(dest)
+        self.resize = tuple(source.im_size) != tuple(dest.im_size)
+        self.register_buffer("src_mean", _stat(source.mean, source.normalized), persistent=False)
+        self.register_buffer("src_std", _stat(source.std, source.normalized), persistent=False)
+        self.register_buffer("dst_mean", _stat(dest.mean, dest.normalized), persistent=False)
+        self.register_buffer("dst_std", _stat(dest.std, dest.normalized), persistent=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.rescale and self.source.normalized:
+            x = x * self.src_std.to(x) + self.src_mean.to(x)  # back to pixels in [0, 1]
+        if self.rescale and self.source.channel == 3 and self.dest.channel == 1:
+            x = x.mean(dim=1, keepdim=True)
+        if self.resize:
+            x = F.interpolate(
+                x, size=self.dest.im_size, mode="bilinear", align_corners=False, antialias=False
+            )
+        if self.rescale and self.source.channel == 1 and self.dest.channel == 3:
+            x = x.expand(-1, 3, -1, -1)
+        if self.rescale and self.dest.normalized:
+            x = (x - self.dst_mean.to(x)) / self.dst_std.to(x)
+        return x
+
+
+def _stat(values, normalized: bool) -> torch.Tensor:
+    return torch.tensor(values if normalized else [], dtype=torch.float32).view(1, -1, 1, 1)
+
+
+def make_input_adapter(source: InputSpace, dest: InputSpace) -> nn.Module:
+    """nn.Identity when the spaces match (no wasted ops), else an InputAdapter."""
+    adapter = InputAdapter(source, dest)
+    return nn.Identity() if not (adapter.rescale or adapter.resize) else adapter
+
+
+# ---------------------------------------------------------------- the pool
+@dataclass
+class PoolMember:
+    model: nn.Module  # frozen, eval mode, on the device
+    input_space: InputSpace
+    info: dict | None  # model_info.json; None for foundation models
+    source: str  # checkpoint (or weights) it was loaded from
+    num_classes: int | None  # None: a foundation model (embeddings only)
+
+
+@dataclass
+class PoolArch:
+    architecture: str
+    members: list[PoolMember]
+    foundation: bool = False
+
+    @property
+    def models(self) -> list[nn.Module]:
+        return [member.model for member in self.members]
+
+    @property
+    def infos(self) -> list[dict | None]:
+        return [member.info for member in self.members]
+
+
+def resolve_alphas(alphas: list[float] | None, architectures: list[str]) -> list[float]:
+    """One alpha per architecture, or one for all."""
+    if not alphas:
+        raise UserError(
+            "--CLoM needs --alphas: one weight per --models_pool architecture, or one for all "
+            "(e.g. --alphas 1000)"
+        )
+    if len(alphas) == 1:
+        return [float(alphas[0])] * len(architectures)
+    if len(alphas) != len(architectures):
+        raise UserError(
+            f"--alphas has {len(alphas)} values but --models_pool has {len(architectures)} "
+            f"architectures ({' '.join(architectures)}): give one per architecture, or one for all"
+        )
+    return [float(a) for a in alphas]
+
+
+def load_pool(
+    source_dataset: str,
+    architectures: list[str],
+    model_num: int,
+    epoch: int,
+    device,
+    root: str = POOL_ROOT,
+    weights: dict[str, str] | None = None,
+) -> list[PoolArch]:
+    """Load every architecture's models (frozen, eval mode, on `device`). Model k is index_k."""
+    if not architectures:
+        raise UserError("--CLoM needs --models_pool: the pool architectures (e.g. --models_pool ConvNet)")
+    if model_num < 1:
+        raise UserError(f"--model_num must be >= 1, got {model_num}")
+    weights = dict(weights or {})
+    for name in weights:
+        if name not in architectures:
+            raise UserError(f"--CLoM_weights names {name!r}, which is not in --models_pool")
+        if not is_foundation_name(name):
+            raise UserError(
+                f"--CLoM_weights is for foundation models (timm:/open_clip:/torchvision:<name>); "
+                f"{name!r} is loaded from {root}/"
+            )
+    for name in architectures:  # fail on a bad name before reading any file
+        if not is_foundation_name(name) and name not in list_networks():
+            raise UserError(
+                f"unknown pool architecture {name!r}; known: {', '.join(list_networks())}; "
+                "or a foundation model timm:<name>, open_clip:<name>, torchvision:<name>"
+            )
+    pool = []
+    for name in architectures:
+        if is_foundation_name(name):
+            pool.append(PoolArch(name, [_load_foundation_member(name, weights.get(name), device)], True))
+        else:
+            members = [
+                _load_member(source_dataset, name, k, model_num, epoch, device, root)
+                for k in range(model_num)
+            ]
+            pool.append(PoolArch(name, members))
+    return pool
+
+
+def _load_member(
+    dataset: str, arch: str, index: int, model_num: int, epoch: int, device, root: str
+) -> PoolMember:
+    path = pool_checkpoint_path(dataset, arch, index, epoch, root)
+    if not path.is_file():
+        save_root = "" if str(root) == POOL_ROOT else f" --save_root {root}"
+        raise UserError(
+            f"pool model {path} not found; make it with: python train_original_models.py "
+            f"--dataset {dataset} --model {arch} --num {model_num} --epochs {epoch} "
+            f"--normalize_data{save_root}"
+        )
+    info_path = path.parent / POOL_INFO_NAME
+    if info_path.is_file():
+        info = load_json(info_path)
+        space, num_classes = input_space_from_info(info), int(info["num_classes"])
+    else:  # e.g. a pool trained by the paper code: assume its README's --normalize_data
+        spec = get_dataset_spec(dataset)
+        info = None
+        space = InputSpace(spec.channel, tuple(spec.im_size), True, tuple(spec.mean), tuple(spec.std))
+        num_classes = spec.num_classes
+        get_logger().warning(
+            "%s has no %s; assuming %s images normalized with its mean/std",
+            path.parent,
+            POOL_INFO_NAME,
+            dataset,
+        )
+    model = build_network(arch, space.channel, num_classes, space.im_size)
+    try:
+        model.load_state_dict(load_state_dict_file(path, "pool model"))
+    except RuntimeError as err:
+        raise UserError(
+            f"pool model {path} does not fit {arch} ({space.channel}x{space.im_size[0]}x"
+            f"{space.im_size[1]}, {num_classes} classes): {str(err).splitlines()[0]}"
+        ) from None
+    return PoolMember(_freeze(model, device), space, info, str(path), num_classes)
+
+
+def _load_foundation_member(name: str, weights: str | None, device) -> PoolMember:
+    try:
+        model = build_foundation_model(name, weights)
+    except FoundationModelError as err:
+        raise UserError(str(err)) from None
+    pre = model.preprocessing
+    space = InputSpace(pre.channel, pre.im_size, True, pre.mean, pre.std)
+    return PoolMember(_freeze(model, device), space, None, str(weights), None)
+
+
+def _freeze(model: nn.Module, device) -> nn.Module:
+    return model.to(device).eval().requires_grad_(False)
+
+
+def draw_pool_member(pool: list[PoolArch], generator: torch.Generator) -> tuple[int, int]:
+    """(architecture index, model index): an architecture uniformly, then one of its models uniformly."""
+    arch = int(torch.randint(len(pool), (1,), generator=generator))
+    model = int(torch.randint(len(pool[arch].members), (1,), generator=generator))
+    return arch, model
