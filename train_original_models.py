@@ -18,10 +18,24 @@ import torch
 from utils import distributed
 from utils.data import default_data_path, load_dataset
 from utils.engine import Schedule, build_seeded_network, evaluate_models, train_models
-from utils.io import POOL_INFO_NAME, atomic_json_save, atomic_torch_save, pool_arch_dir, pool_checkpoint_path
-from utils.io import reserve_run_dir
-from utils.misc import check_positive, get_logger, make_generator, parse_int_list, resolve_device, resolve_seed
-from utils.misc import run_cli, seed_everything, setup_logging
+from utils.io import (
+    POOL_INFO_NAME,
+    atomic_json_save,
+    atomic_torch_save,
+    pool_arch_dir,
+    pool_checkpoint_path,
+    reserve_run_dir,
+)
+from utils.misc import (
+    check_positive,
+    make_generator,
+    parse_int_list,
+    resolve_device,
+    resolve_seed,
+    run_cli,
+    seed_everything,
+    setup_logging,
+)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -80,6 +94,8 @@ def main(argv=None) -> None:
     log_file = arch_dir / f"train_index_{first}-{last}.log" if runs else None
     logger = setup_logging(log_file, quiet=not dist.is_main)
     logger.info("command: %s", " ".join(sys.argv))
+    if distributed.multigpu_notice(args.multigpu):
+        logger.info(distributed.multigpu_notice(args.multigpu))
     logger.info("seed %d | device %s | %s train %d test %d | normalized %s | models %s", seed, device, spec.name,
                 len(data.train), len(data.test), data.normalized, [index for index, _ in runs])
     if not runs:
@@ -91,7 +107,7 @@ def main(argv=None) -> None:
               for s in seeds]
     generators = [make_generator(s, device) for s in seeds]
     infos = [_model_info(args, spec, data, index, s) for (index, _), s in zip(runs, seeds)]
-    for (index, run_dir), info in zip(runs, infos):
+    for (_, run_dir), info in zip(runs, infos):
         atomic_json_save(info, run_dir / POOL_INFO_NAME)
 
     def save_and_test(epoch: int, ids: list[int], trained) -> None:

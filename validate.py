@@ -21,8 +21,16 @@ from utils.augment import dsa_augment
 from utils.data import default_data_path, load_dataset
 from utils.engine import Schedule, TensorSource, train_and_test
 from utils.io import atomic_torch_save, load_result_file, reserve_run_dir
-from utils.misc import UserError, check_positive, parse_int_list, resolve_device, resolve_seed, run_cli
-from utils.misc import seed_everything, setup_logging
+from utils.misc import (
+    UserError,
+    check_positive,
+    parse_int_list,
+    resolve_device,
+    resolve_seed,
+    run_cli,
+    seed_everything,
+    setup_logging,
+)
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -33,7 +41,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--ipc", type=int, default=10, help="images per class (used in --save_model paths)")
     parser.add_argument("--random_seed", type=int, default=None, help="network k uses seed+k; default: clock")
     parser.add_argument("--save_model", action="store_true",
-                        help="save each network's best weights under pretrained_model/<dataset>/<method>/IPC<ipc>/<model>/")
+                        help="save each network's best weights under "
+                        "pretrained_model/<dataset>/<method>/IPC<ipc>/<model>/index_<k>/")
     parser.add_argument("--multigpu", default=None,
                         help="accepted for compatibility; one process uses one card. Use torchrun for several GPUs")
     parser.add_argument("--gpu", default="0", help="CUDA card number, or 'cpu'")
@@ -85,6 +94,8 @@ def main(argv=None) -> None:
     log_file = Path(args.synthesis_data_path).with_name(f"validate_{args.model}.log")
     logger = setup_logging(log_file if dist.is_main else None, quiet=not dist.is_main)
     logger.info("command: %s", " ".join(sys.argv))
+    if distributed.multigpu_notice(args.multigpu):
+        logger.info(distributed.multigpu_notice(args.multigpu))
     logger.info("seed %d | device %s | %s: %d synthetic images, %d test | normalized %s | dsa %s",
                 seed, device, spec.name, len(labels), len(data.test), args.normalize_data, args.dsa)
 

@@ -3,8 +3,15 @@
 import pytest
 import torch
 
-from utils.engine import (Schedule, TensorSource, build_seeded_network, evaluate_models, paper_eval_schedule,
-                          train_and_test, train_models)
+from utils.engine import (
+    Schedule,
+    TensorSource,
+    build_seeded_network,
+    evaluate_models,
+    paper_eval_schedule,
+    train_and_test,
+    train_models,
+)
 from utils.misc import make_generator
 
 

@@ -85,3 +85,13 @@ def all_reduce_sum_(dist: DistInfo, tensor: torch.Tensor) -> torch.Tensor:
     if dist.enabled:
         torch_dist.all_reduce(tensor, op=torch_dist.ReduceOp.SUM)
     return tensor
+
+
+def multigpu_notice(multigpu: str | None) -> str | None:
+    """The paper's --multigpu wrapped models in DataParallel. We keep the flag but not that path: for the
+    small networks of dataset distillation DataParallel's per-step scatter/gather is slower than one GPU,
+    while torchrun splits whole models, evaluation networks and classes across processes."""
+    if not multigpu:
+        return None
+    return (f"--multigpu {multigpu}: one process drives one GPU (--gpu); to use several GPUs run the same "
+            "command under `torchrun --nproc_per_node N` (see README)")

@@ -73,7 +73,7 @@ def load_json(path: str | os.PathLike) -> dict:
 # The paper code stores numpy floats in its result files; these are the only globals we allow for them.
 def _numpy_safe_globals() -> list:
     names = [np.dtype, np.ndarray]
-    core = getattr(np, "_core", None) or getattr(np, "core")
+    core = getattr(np, "_core", None) or np.core
     names += [core.multiarray.scalar, core.multiarray._reconstruct]
     names += [type(np.dtype(kind)) for kind in ("float64", "float32", "int64", "int32", "bool")]
     return names

@@ -7,15 +7,16 @@ update, so the saved set is exactly the one evaluated).
 
 Reproducible and resumable: every random draw of iteration `it` of experiment `exp` comes from generators
 seeded with derive_seed(seed, ..., exp, it) (the random network, the real batches, DSA, the inner-loop batch
-order) and evaluation k uses derive_seed(seed, "evaluation", exp, it, k). Nothing depends on RNG history,
-so a run continued from a checkpoint (synthetic images + optimizer momentum + where it was) ends with the
-same synthetic set as an uninterrupted run.
+order, and the extra loss via its `reseed`), and evaluation k uses derive_seed(seed, "evaluation", exp, it,
+k). Nothing depends on RNG history, so a run continued from a checkpoint (synthetic images + optimizer
+momentum + where it was) ends with the same synthetic set as an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import logging
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -32,7 +33,7 @@ from methods.DC_DSA_DM.synset import INITS, class_major_labels, initial_images, 
 from networks import has_batchnorm, list_networks
 from utils.augment import dc_aug_strategy, dc_augment, dsa_augment
 from utils.data import LoadedDataset, get_dataset_spec, load_dataset
-from utils.distributed import DistInfo, barrier
+from utils.distributed import DistInfo, barrier, broadcast_int
 from utils.engine import (
     Schedule,
     TensorSource,
@@ -202,9 +203,10 @@ def evaluation_iterations(cfg: DistillConfig) -> set[int]:
     return {cfg.iterations}
 
 
-def default_save_folder(cfg: DistillConfig, dataset: str) -> Path:
-    """condensed/<dataset>/<method>/IPC<ipc>/ + the paper code's CLoM sub-folders or original_method/."""
-    folder = Path("condensed") / dataset / cfg.method / f"IPC{cfg.ipc}"
+def save_folder(cfg: DistillConfig, dataset: str) -> Path:
+    """(--save_path or condensed/<dataset>/<method>/IPC<ipc>/) + the paper code's CLoM sub-folders, or
+    original_method/ (the paper code appends these to a given --save_path too)."""
+    folder = Path(cfg.save_path) if cfg.save_path else Path("condensed") / dataset / cfg.method / f"IPC{cfg.ipc}"
     clom = cfg.clom
     if clom is None:
         return folder / "original_method"
@@ -223,12 +225,21 @@ def derive_seed(seed: int, *parts) -> int:
 # ------------------------------------------------------------------------------------------------ files
 @dataclass(frozen=True)
 class RunFiles:
+    """The files of one run, all named after the paper's result file res_<method>_<dataset>_<model>_<ipc>ipc."""
+
     folder: Path
-    stem: str  # <method>_<dataset>_<model>_<ipc>ipc
+    method: str
+    dataset: str
+    model: str
+    ipc: int
+
+    @property
+    def stem(self) -> str:
+        return f"{self.method}_{self.dataset}_{self.model}_{self.ipc}ipc"
 
     @property
     def result(self) -> Path:
-        return self.folder / f"res_{self.stem}.pt"
+        return self.folder / result_file_name(self.method, self.dataset, self.model, self.ipc)
 
     @property
     def checkpoint(self) -> Path:
@@ -260,6 +271,8 @@ class Progress:
 
 @dataclass
 class Run:
+    """Everything an iteration or an evaluation needs, resolved once."""
+
     cfg: DistillConfig
     data: LoadedDataset
     device: torch.device
@@ -268,7 +281,7 @@ class Run:
     eval_models: list[str]
     flags: dict
     dist: DistInfo
-    logger: object
+    logger: logging.Logger
     extra: ExtraLoss | None = None
 
     def save_checkpoint(self, progress: Progress) -> None:
@@ -289,7 +302,11 @@ class Run:
 
 
 def _comparable(config: Mapping) -> dict:
-    return {key: value for key, value in config.items() if key not in OPERATIONAL_SETTINGS}
+    """The settings that shape the synthetic set (the CLoM feature cache size only changes the speed)."""
+    kept = {key: value for key, value in config.items() if key not in OPERATIONAL_SETTINGS}
+    if kept.get("clom"):
+        kept["clom"] = {key: value for key, value in kept["clom"].items() if key != "cache_gb"}
+    return kept
 
 
 def start_or_resume(cfg: DistillConfig, files: RunFiles) -> tuple[Progress, int] | None:
@@ -330,13 +347,13 @@ def run(cfg: DistillConfig, device: torch.device, flags: dict, dist: DistInfo | 
     check_config(cfg)
     logger = setup_logging(None, quiet=not dist.is_main)
     spec = get_dataset_spec(cfg.dataset)
-    files = RunFiles(Path(cfg.save_path) if cfg.save_path else default_save_folder(cfg, spec.name),
-                     result_file_name(cfg.method, spec.name, cfg.model, cfg.ipc)[len("res_"):-len(".pt")])
+    files = RunFiles(save_folder(cfg, spec.name), cfg.method, spec.name, cfg.model, cfg.ipc)
     started = start_or_resume(cfg, files)
     if started is None:
         logger.info("%s is complete (%d experiments); nothing to resume", files.result, cfg.num_exp)
         return files.result
     progress, seed = started
+    seed = broadcast_int(dist, seed)  # under torchrun every rank takes rank 0's (clock) seed
     seed_everything(seed)
     data = load_dataset(spec.name, cfg.data_path, device, normalize=True, download=cfg.download)
 
@@ -344,9 +361,10 @@ def run(cfg: DistillConfig, device: torch.device, flags: dict, dist: DistInfo | 
     run = Run(cfg, data, device, seed, files, eval_model_pool(cfg.eval_mode, cfg.model), flags, dist, logger)
     if dist.is_main:
         atomic_json_save(to_plain({"args": flags, "seed": seed}), files.args, overwrite=True)
+    where = f"experiment {progress.exp}, iteration {progress.next_iteration}"
     resuming = progress.exp > 0 or progress.next_iteration > 0
-    logger.info("%s %s on %s, ipc %d | seed %d | device %s | save folder %s", "resuming" if resuming else
-                "starting", cfg.method, spec.name, cfg.ipc, seed, device, files.folder)
+    logger.info("%s %s on %s, ipc %d | seed %d | device %s | save folder %s", f"resuming at {where}:"
+                if resuming else "starting", cfg.method, spec.name, cfg.ipc, seed, device, files.folder)
     logger.info("settings: %s", flags)
     logger.info("real images per class: %s | evaluation models: %s | DSA: %s",
                 data.train.class_counts().tolist(), run.eval_models, cfg.augmentation)
@@ -365,11 +383,10 @@ def run(cfg: DistillConfig, device: torch.device, flags: dict, dist: DistInfo | 
             run.save_checkpoint(progress)
     if dist.is_main:
         files.checkpoint.unlink(missing_ok=True)
-    for name in run.eval_models:
-        accs = np.asarray(progress.accs_all_exps.get(name, []), dtype=float) * 100
-        if accs.size:
+    for name, accs in progress.accs_all_exps.items():
+        if accs:
             logger.info("%d experiment(s), trained on %s, evaluated %d random %s: mean %.2f%% std %.2f%%",
-                        cfg.num_exp, cfg.model, accs.size, name, accs.mean(), accs.std())
+                        cfg.num_exp, cfg.model, len(accs), name, 100 * np.mean(accs), 100 * np.std(accs))
     logger.info("saved %s", files.result)
     barrier(dist)
     return files.result
