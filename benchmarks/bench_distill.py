@@ -15,6 +15,8 @@ check that both compute the same thing (DSA's two paths draw different augmentat
     python benchmarks/bench_distill.py             # batch_real 256, 5 repeats, CPU (+ CUDA when present)
     python benchmarks/bench_distill.py --quick     # batch_real 64, 2 repeats
     python benchmarks/bench_distill.py --device cuda --cases DC1,DC10,DM50
+
+Memory: the batched DC/DSA path holds about 4.5 MB per real image (12 GB at batch_real 256) on either device.
 """
 
 from __future__ import annotations

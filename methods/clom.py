@@ -195,6 +195,7 @@ class ClomLoss:
         self.real_counts = class_counts(self.real_labels, num_classes)
         self._member_gen = make_generator(seed, "cpu")  # which pool model: a CPU draw, no device sync
         self._batch_gen = make_generator(seed + 1, self.device)  # which real images
+        self.reseed(seed)
         self.cache_bytes = 0
         self.last_draw: tuple[str, int] | None = None
         self.states = [
@@ -209,6 +210,12 @@ class ClomLoss:
             features = _EmbedOf(member.model) if self.feature == "embed" else member.model
         adapter = make_input_adapter(target_space, member.input_space).to(self.device)
         return _MemberState(arch.architecture, index, member.model, adapter, features)
+
+    def reseed(self, seed: int) -> None:
+        """Restart the draws (pool model, real batch) from `seed`, e.g. once per iteration, so that a
+        resumed run repeats them exactly."""
+        self._member_gen.manual_seed(int(seed))
+        self._batch_gen.manual_seed(int(seed) + 1)
 
     # ---- real features (cos only)
     @torch.no_grad()

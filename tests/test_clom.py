@@ -184,6 +184,8 @@ def test_batch_draw_is_reproducible_and_cache_equals_on_the_fly(cifar_pool):
         assert len(drawn) == 16 and len(set(drawn.tolist())) == 16  # without replacement
         torch.testing.assert_close(drawn, again.draw_real_batch(), rtol=0, atol=0)
         on_the_fly.draw_real_batch()
+    again.reseed(3)  # the seed `clom` builds with: the draws start over
+    torch.testing.assert_close(again.draw_real_batch(), clom(cifar_pool, "cos", 16).draw_real_batch())
     for _ in range(3):
         a, b = cached(syn, syn_labels), on_the_fly(syn, syn_labels)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=0)

@@ -33,7 +33,7 @@ from methods.DC_DSA_DM.synset import INITS, class_major_labels, initial_images, 
 from networks import has_batchnorm, list_networks
 from utils.augment import dc_aug_strategy, dc_augment, dsa_augment
 from utils.data import LoadedDataset, get_dataset_spec, load_dataset
-from utils.distributed import DistInfo, barrier, broadcast_int
+from utils.distributed import DistInfo, all_reduce_sum_, barrier, broadcast_int, split_range
 from utils.engine import (
     Schedule,
     TensorSource,
@@ -284,6 +284,12 @@ class Run:
     logger: logging.Logger
     extra: ExtraLoss | None = None
 
+    @property
+    def my_classes(self) -> slice:
+        """The classes whose matching loss this rank computes (all of them in one process)."""
+        mine = split_range(self.data.spec.num_classes, self.dist)
+        return slice(mine[0], mine[-1] + 1) if mine else slice(0, 0)
+
     def save_checkpoint(self, progress: Progress) -> None:
         """Atomically: a crash while writing leaves the previous checkpoint intact."""
         if self.dist.is_main:
@@ -503,7 +509,14 @@ def gradient_matching_iteration(run: Run, image_syn: Tensor, labels: Tensor, opt
         syn = per_class(image_syn, train.num_classes)
         if strategy is not None:
             real, syn = siamese_augment(real, syn, strategy, generator)
-        loss = gradient_matching_loss(net, real, syn, metric=cfg.dis_metric)
+        # Every rank draws the same batches; each matches only its own classes (BN layers are frozen, so
+        # the classes are independent) and image_step sums the gradients.
+        loss = image_syn.new_zeros(())
+        mine = run.my_classes
+        if mine.stop > mine.start:
+            classes = torch.arange(mine.start, mine.stop, device=run.device)[:, None]
+            loss = gradient_matching_loss(net, real[mine], syn[mine], classes.expand(-1, real.shape[1]),
+                                          classes.expand(-1, syn.shape[1]), metric=cfg.dis_metric)
         total += image_step(run, optimizer, loss, image_syn, labels, exp, it)
         if step == outer_loop - 1:
             break
@@ -522,7 +535,12 @@ def distribution_matching_iteration(run: Run, image_syn: Tensor, labels: Tensor,
     syn = per_class(image_syn, train.num_classes)
     if cfg.augmentation is not None:
         real, syn = siamese_augment(real, syn, cfg.augmentation, generator)
-    loss = distribution_matching_loss(net, real, syn)
+    if has_batchnorm(net):  # BN statistics mix the classes: every rank computes the whole loss, scaled
+        loss = distribution_matching_loss(net, real, syn) / run.dist.world
+    else:
+        mine = run.my_classes
+        loss = distribution_matching_loss(net, real[mine], syn[mine]) if mine.stop > mine.start else \
+            image_syn.new_zeros(())
     return image_step(run, optimizer, loss, image_syn, labels, exp, it) / train.num_classes
 
 
@@ -540,16 +558,21 @@ def seeded_randomness(run: Run, exp: int, it: int) -> tuple[nn.Module, torch.Gen
 
 def image_step(run: Run, optimizer, loss: Tensor, image_syn: Tensor, labels: Tensor, exp: int,
                it: int) -> float:
-    """Add the extra loss term (CLoM), refuse a non-finite loss, take one SGD step on the synthetic images."""
+    """Add the extra loss term (CLoM), refuse a non-finite loss, take one SGD step on the synthetic images.
+    Under torchrun `loss` is this rank's share: the images' gradients (and the loss) are summed over ranks."""
     if run.extra is not None:
-        loss = loss + run.extra(image_syn, labels)
-    value = float(loss.item())
+        loss = loss + run.extra(image_syn, labels) / run.dist.world
+    value = float(all_reduce_sum_(run.dist, loss.detach().clone()).item())
     if not math.isfinite(value):
         raise NonFiniteLossError(f"the loss became {value} at iteration {it} of experiment {exp}; the last "
                                  f"good synthetic set is saved in {run.files.checkpoint} (try a smaller "
                                  f"--lr_img)")
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    if loss.requires_grad:  # a rank with no classes (more ranks than classes) contributes nothing
+        loss.backward()
+    if image_syn.grad is None:
+        image_syn.grad = torch.zeros_like(image_syn)
+    all_reduce_sum_(run.dist, image_syn.grad)
     optimizer.step()
     return value
 
