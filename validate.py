@@ -65,7 +65,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv=None) -> None:
+def main(argv=None):
     args = get_args_parser().parse_args(argv)
     for value, name in ((args.epochs, "--epochs"), (args.save_every, "--save_every"),
                         (args.batch_size, "--batch_size"), (args.num_eval, "--num_eval")):
@@ -122,6 +122,7 @@ def main(argv=None) -> None:
             atomic_torch_save(state, path)
             logger.info("saved network %d's best weights to %s", k, path)
     distributed.barrier(dist)
+    return result
 
 
 def mean_std(values) -> str:
