@@ -62,6 +62,9 @@ from utils.misc import (
 
 DEFAULT_DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 EVAL_EVERY = {"DC": 500, "DSA": 500, "DM": 2000}  # the paper's evaluation interval (eval modes S and SS)
+# Classes whose gradients are computed in one vmap call hold about this many real images together: the
+# batched call's memory grows with it (~4.5 MB per 3x32x32 image for ConvNet), the result does not change.
+MATCH_CHUNK_REAL_IMAGES = 2560
 BN_BATCH_PER_CLASS = 16  # real images per class that set a BatchNorm network's running statistics
 EVAL_POOLS = {
     "M": ["MLP", "ConvNet", "LeNet", "AlexNet", "VGG11", "ResNet18"],
@@ -516,7 +519,8 @@ def gradient_matching_iteration(run: Run, image_syn: Tensor, labels: Tensor, opt
         if mine.stop > mine.start:
             classes = torch.arange(mine.start, mine.stop, device=run.device)[:, None]
             loss = gradient_matching_loss(net, real[mine], syn[mine], classes.expand(-1, real.shape[1]),
-                                          classes.expand(-1, syn.shape[1]), metric=cfg.dis_metric)
+                                          classes.expand(-1, syn.shape[1]), metric=cfg.dis_metric,
+                                          chunk_size=max(1, MATCH_CHUNK_REAL_IMAGES // real.shape[1]))
         total += image_step(run, optimizer, loss, image_syn, labels, exp, it)
         if step == outer_loop - 1:
             break
