@@ -30,7 +30,6 @@ from utils.misc import (
     check_positive,
     make_generator,
     parse_int_list,
-    resolve_device,
     resolve_seed,
     run_cli,
     seed_everything,
@@ -74,8 +73,7 @@ def check_args(args) -> list[int]:
 def main(argv=None) -> None:
     args = get_args_parser().parse_args(argv)
     milestones = check_args(args)
-    dist = distributed.init()
-    device = distributed.device_for_rank(dist, args.gpu) if dist.enabled else resolve_device(args.gpu)
+    dist, device = distributed.init_with_device(args.gpu)
     seed = distributed.broadcast_int(dist, resolve_seed(args.random_seed))
     seed_everything(seed)
     data_path = args.data_path or default_data_path(args.dataset)

@@ -25,7 +25,6 @@ from utils.misc import (
     UserError,
     check_positive,
     parse_int_list,
-    resolve_device,
     resolve_seed,
     run_cli,
     seed_everything,
@@ -71,8 +70,7 @@ def main(argv=None):
                         (args.batch_size, "--batch_size"), (args.num_eval, "--num_eval")):
         check_positive(value, name, allow_zero=name == "--epochs")
     milestones = parse_int_list(args.lr_decay_step, "--lr_decay_step")
-    dist = distributed.init()
-    device = distributed.device_for_rank(dist, args.gpu) if dist.enabled else resolve_device(args.gpu)
+    dist, device = distributed.init_with_device(args.gpu)
     seed = distributed.broadcast_int(dist, resolve_seed(args.random_seed))
     seed_everything(seed)
 

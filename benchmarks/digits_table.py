@@ -50,7 +50,8 @@ def run(cmd: list[str], cwd: Path, threads: int, log: Path) -> float:
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": str(threads)}
     start = time.time()
     with open(log, "w") as handle:
-        code = subprocess.call([sys.executable, str(ROOT / cmd[0]), *cmd[1:]], cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT)
+        code = subprocess.call([sys.executable, str(ROOT / cmd[0]), *cmd[1:]], cwd=cwd, env=env, stdout=handle,
+                               stderr=subprocess.STDOUT)
     if code != 0:
         raise SystemExit(f"failed ({code}): {' '.join(cmd)} — see {log}")
     return time.time() - start

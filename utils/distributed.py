@@ -37,6 +37,12 @@ def init() -> DistInfo:
     return DistInfo(True, rank, world, local_rank)
 
 
+def init_with_device(gpu: str) -> tuple[DistInfo, torch.device]:
+    """The scripts' start: join torchrun's group (if any) and pick this process's device."""
+    dist = init()
+    return dist, device_for_rank(dist, gpu) if dist.enabled else resolve_device(gpu)
+
+
 def device_for_rank(dist: DistInfo, gpu: str) -> torch.device:
     """Under torchrun each process takes the card of its local rank (or the CPU)."""
     if str(gpu).lower() == "cpu" or not torch.cuda.is_available() or torch_dist.get_backend() == "gloo":

@@ -4,7 +4,7 @@ import argparse
 
 from methods.DC_DSA_DM import distill
 from utils import distributed
-from utils.misc import UserError, resolve_device
+from utils.misc import UserError
 
 
 def get_args_parser(description: str, defaults: dict) -> argparse.ArgumentParser:
@@ -68,6 +68,5 @@ def run_from_args(args: argparse.Namespace, methods: tuple[str, ...], other_scri
     if str(args.method).upper() not in methods:
         raise UserError(f"this script runs {' or '.join(methods)}, got --method {args.method!r} "
                         f"(use {other_script})")
-    dist = distributed.init()
-    device = distributed.device_for_rank(dist, args.gpu) if dist.enabled else resolve_device(args.gpu)
+    dist, device = distributed.init_with_device(args.gpu)
     return distill.run(distill.DistillConfig.from_flags(vars(args)), device, vars(args), dist)
