@@ -57,7 +57,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--lr_decay_step", default="50,100", help="epochs after which lr is multiplied by 0.1")
     parser.add_argument("--normalize_data", action="store_true", help="train on mean/std-normalized images")
     parser.add_argument("--save_root", default="pretrained_model", help="root folder of saved pools")
-    parser.add_argument("--no_stack", action="store_true", help="train models one after another, not as one ensemble")
+    parser.add_argument("--no_stack", action="store_true",
+                        help="never train the models as one stacked ensemble (default: stacked on CUDA only)")
     parser.add_argument("--no_download", action="store_true", help="never try to download a missing data set")
     return parser
 
@@ -126,7 +127,8 @@ def main(argv=None) -> None:
         save_and_test(0, list(range(len(models))), models)
     else:
         train_models(models, data.train, schedule, generators, on_epoch_end=save_and_test,
-                     callback_every=args.save_every, stack=not args.no_stack, desc=f"train {args.model}")
+                     callback_every=args.save_every, stack=False if args.no_stack else None,
+                     desc=f"train {args.model}")
     elapsed = time.time() - start
     final = [info["test_acc"][str(max(info["epochs_saved"]))] for info in infos]
     for (index, run_dir), acc in zip(runs, final):

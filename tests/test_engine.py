@@ -58,7 +58,7 @@ def test_batchnorm_models_train_one_by_one():
 def test_evaluate_models_stacked_equals_single():
     source = _toy_source(n=30)
     models = [build_seeded_network("ConvNetW32", 1, 4, (8, 8), s) for s in (1, 2)]
-    assert evaluate_models(models, source, batch_size=7) == evaluate_models(models, source, stack=False)
+    assert evaluate_models(models, source, batch_size=7, stack=True) == evaluate_models(models, source, stack=False)
 
 
 def test_learning_rate_decays_after_milestone():

@@ -1,8 +1,10 @@
 """Train and test networks: one at a time, or many at once as a stacked ensemble.
 
-Models without BatchNorm are trained together: their parameters are stacked (torch.func) and one vmapped
-forward/backward serves all of them. Each model still has its own seed, its own batch order and its own
-augmentation stream, and SGD is element-wise, so every model takes exactly the steps it would take alone.
+On CUDA, models without BatchNorm are trained together: their parameters are stacked (torch.func) and one
+vmapped forward/backward serves all of them. On the CPU they are trained one after another by default
+(benchmarks/bench_train_pool.py: stacking is about 2x slower there; vmapped GroupNorm is not fused).
+Each model still has its own seed, its own batch order and its own augmentation stream, and SGD is
+element-wise, so every model takes exactly the steps it would take alone.
 """
 
 from __future__ import annotations
@@ -105,9 +107,12 @@ class _Single:
         pass
 
 
-def _groups(models: Sequence[nn.Module], stack: bool, max_stack: int | None) -> list[tuple[list[int], object]]:
-    """Split model ids into runners: stacked chunks where possible, single models otherwise."""
+def _groups(models: Sequence[nn.Module], stack: bool | None, max_stack: int | None) -> list[tuple[list[int], object]]:
+    """Split model ids into runners: stacked chunks where possible, single models otherwise.
+    stack=None: stack on CUDA only (where it pays off)."""
     ids = list(range(len(models)))
+    if stack is None:
+        stack = bool(models) and next(models[0].parameters()).is_cuda
     if stack and len(models) > 1 and all(supports_stacking(m) for m in models):
         size = max_stack or len(models)
         chunks = [ids[i : i + size] for i in range(0, len(ids), size)]
@@ -165,7 +170,7 @@ def _train_runner(runner, source, schedule: Schedule, generators, augment, on_ep
 
 
 def train_models(models: Sequence[nn.Module], source, schedule: Schedule, generators: Sequence[torch.Generator],
-                 augment: Augment | None = None, on_epoch_end=None, callback_every: int = 1, stack: bool = True,
+                 augment: Augment | None = None, on_epoch_end=None, callback_every: int = 1, stack: bool | None = None,
                  max_stack: int | None = None, desc: str | None = None) -> list[nn.Module]:
     """Train `models` (already on the data's device) with SGD + cross-entropy, in place.
 
@@ -184,7 +189,8 @@ def train_models(models: Sequence[nn.Module], source, schedule: Schedule, genera
 
 
 @torch.no_grad()
-def evaluate_models(models: Sequence[nn.Module], source, batch_size: int = 1024, stack: bool = True) -> list[float]:
+def evaluate_models(models: Sequence[nn.Module], source, batch_size: int = 1024,
+                    stack: bool | None = None) -> list[float]:
     """Test accuracy of each model on `source` (every model sees the same batches)."""
     accuracies = [0.0] * len(models)
     for ids, runner in _groups(models, stack, None):
