@@ -90,10 +90,10 @@ def run_cli(main, argv=None) -> int:
     try:
         main(argv)
     except (UserError, UnknownNetworkError) as err:
-        print(f"error: {err}", file=sys.stderr)
+        sys.stderr.write(f"error: {err}\n")  # the CLI's one line for bad input
         return 2
     except KeyboardInterrupt:
-        print("interrupted: results saved so far are kept", file=sys.stderr)
+        sys.stderr.write("interrupted: results saved so far are kept\n")
         return 130
     return 0
 
