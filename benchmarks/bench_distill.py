@@ -12,9 +12,14 @@ random data (10 classes, 3x32x32) with a fresh ConvNet; drawing the real batch i
 Batched and loop runs alternate, the median over --repeats is printed, plus |loss difference| / |loss| as a
 check that both compute the same thing (DSA's two paths draw different augmentations, so it is left out).
 
+--scope iteration times a whole distillation iteration instead: for DC / DSA, outer_loop times (matching loss,
+SGD step on the images, inner_loop epochs of training the network on the synthetic set, as in distill.py);
+for DM, one matching step plus the SGD step. Both paths share the inner loop, so its cost dilutes the ratio.
+
     python benchmarks/bench_distill.py             # batch_real 256, 5 repeats, CPU (+ CUDA when present)
     python benchmarks/bench_distill.py --quick     # batch_real 64, 2 repeats
     python benchmarks/bench_distill.py --device cuda --cases DC1,DC10,DM50
+    python benchmarks/bench_distill.py --device cuda --scope iteration --repeats 3
 
 Memory: the batched DC/DSA path holds about 4.5 MB per real image (12 GB at batch_real 256) on either device.
 """
@@ -36,12 +41,14 @@ from methods.DC_DSA_DM.distribution_matching import (  # noqa: E402
     distribution_matching_loss_loop,
 )
 from methods.DC_DSA_DM.gradient_matching import (  # noqa: E402
+    get_loops,  # noqa: E402
     gradient_matching_loss,
     gradient_matching_loss_loop,
     siamese_augment,
 )
 from networks import build_network  # noqa: E402
 from utils.augment import DEFAULT_DSA_STRATEGY, dsa_augment  # noqa: E402
+from utils.engine import Schedule, TensorSource, train_models  # noqa: E402
 from utils.misc import make_generator  # noqa: E402
 
 NUM_CLASSES, SHAPE = 10, (3, 32, 32)
@@ -59,6 +66,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps per path first")
     parser.add_argument("--model", default="ConvNet")
     parser.add_argument("--cases", default=",".join(CASES), help=f"subset of {','.join(CASES)}")
+    parser.add_argument("--scope", choices=("step", "iteration"), default="step",
+                        help="time one outer step (default) or one whole distillation iteration")
     return parser
 
 
@@ -93,6 +102,33 @@ def make_step(method: str, batched: bool, model, real, syn, device):
     return step
 
 
+def make_iteration(method: str, batched: bool, model, real, syn, device):
+    """A closure doing one whole distillation iteration from the same starting images and network."""
+    outer_loop, inner_loop = (1, 0) if method == "DM" else get_loops(syn.shape[1])
+    step = make_step(method, batched, model, real, syn, device)
+    start_images, start_weights = syn.detach().clone(), {k: v.clone() for k, v in model.state_dict().items()}
+    labels = torch.arange(syn.shape[0], device=device).repeat_interleave(syn.shape[1])
+    inner = Schedule(epochs=inner_loop, batch_size=256, lr=0.01, momentum=0.0, weight_decay=0.0)
+    augment = (lambda x, g: dsa_augment(x, DEFAULT_DSA_STRATEGY, g)) if method == "DSA" else None
+
+    def iteration():
+        with torch.no_grad():
+            syn.copy_(start_images)
+        model.load_state_dict(start_weights)
+        optimizer = torch.optim.SGD([syn], lr=0.1, momentum=0.5)
+        total = torch.zeros((), device=device)
+        for i in range(outer_loop):
+            total += step()  # leaves the images' gradient in syn.grad
+            optimizer.step()
+            if i == outer_loop - 1:
+                break
+            train_models([model], TensorSource(syn.detach().flatten(0, 1), labels), inner,
+                         [make_generator(i, device)], augment=augment)
+        return total
+
+    return iteration
+
+
 def timed(step, device) -> tuple[float, torch.Tensor]:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -103,7 +139,8 @@ def timed(step, device) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - start, loss
 
 
-def run_case(name: str, device, batch_real: int, repeats: int, warmup: int, model_name: str) -> str:
+def run_case(name: str, device, batch_real: int, repeats: int, warmup: int, model_name: str,
+             scope: str = "step") -> str:
     method, ipc = CASES[name]
     torch.manual_seed(0)
     model = build_network(model_name, SHAPE[0], NUM_CLASSES, SHAPE[1:]).to(device)
@@ -113,8 +150,8 @@ def run_case(name: str, device, batch_real: int, repeats: int, warmup: int, mode
     gen = make_generator(1, device)
     real = torch.randn(NUM_CLASSES, batch_real, *SHAPE, generator=gen, device=device)
     syn = torch.randn(NUM_CLASSES, ipc, *SHAPE, generator=gen, device=device, requires_grad=True)
-    steps = {path: make_step(method, path == "batched", model, real, syn, device)
-             for path in ("batched", "loop")}
+    make = make_step if scope == "step" else make_iteration
+    steps = {path: make(method, path == "batched", model, real, syn, device) for path in ("batched", "loop")}
     times, losses = {"batched": [], "loop": []}, {}
     for i in range(warmup + repeats):
         for path, step in steps.items():  # alternate, so load changes hit both paths alike
@@ -140,7 +177,8 @@ def main(argv=None) -> None:
     unknown = [c for c in cases if c not in CASES]
     if unknown:
         sys.exit(f"error: unknown case(s) {unknown}; known: {', '.join(CASES)}")
-    print(f"model {args.model}, {NUM_CLASSES} classes x {'x'.join(map(str, SHAPE))}, median of {repeats} "
+    print(f"seconds per {'outer step' if args.scope == 'step' else 'distillation iteration'}; "
+          f"model {args.model}, {NUM_CLASSES} classes x {'x'.join(map(str, SHAPE))}, median of {repeats} "
           f"(after {args.warmup} warm-up), torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
     print("| meth| ipc | dev  | real | batched s | loop s    | speedup | rel.diff |")
     print("|-----|-----|------|------|-----------|-----------|---------|----------|")
@@ -148,7 +186,7 @@ def main(argv=None) -> None:
         if device.type == "cuda" and torch.cuda.is_available():
             print(f"<!-- {torch.cuda.get_device_name(device)} -->")
         for name in cases:
-            print(run_case(name, device, batch_real, repeats, args.warmup, args.model), flush=True)
+            print(run_case(name, device, batch_real, repeats, args.warmup, args.model, args.scope), flush=True)
 
 
 if __name__ == "__main__":

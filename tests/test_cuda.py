@@ -1,0 +1,129 @@
+"""The hot paths on a CUDA device against references: skipped where no GPU is present (CI), run on a GPU box.
+
+Tolerances: float64 on the GPU must equal the float64 CPU/loop reference up to summation order (rtol 1e-8).
+Default float32 runs may use TF32 convolutions (cuDNN's default), about 1e-3 relative per op, so they are
+checked against the float64 reference by relative norm < 2e-2.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from methods.clom import ce_class_sum, class_sums, clom_direct, cos_class_sum
+from methods.DC_DSA_DM.distribution_matching import distribution_matching_loss, distribution_matching_loss_loop
+from methods.DC_DSA_DM.gradient_matching import gradient_matching_loss, gradient_matching_loss_loop, siamese_augment
+from networks import build_network
+from utils import augment
+from utils.augment import DEFAULT_DSA_STRATEGY, dc_augment, draw_dsa_params, dsa_augment, gather_params
+from utils.engine import Schedule, TensorSource, build_seeded_network, evaluate_models, train_models
+from utils.misc import make_generator
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+CUDA = torch.device("cuda")
+C, N_REAL, IPC, SHAPE = 10, 16, 3, (3, 32, 32)
+
+
+def rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.double().cpu() - b.double().cpu()).norm() / b.double().cpu().norm())
+
+
+def data(dtype, device, name="ConvNet", seed=0):
+    torch.manual_seed(seed)
+    model = build_network(name, SHAPE[0], C, SHAPE[1:]).to(device, dtype)
+    gen = torch.Generator().manual_seed(seed + 1)
+    real = torch.randn(C, N_REAL, *SHAPE, generator=gen, dtype=torch.float64).to(device, dtype)
+    syn = torch.randn(C, IPC, *SHAPE, generator=gen, dtype=torch.float64).to(device, dtype)
+    return model, real, syn
+
+
+def loss_and_grad(loss_fn, syn):
+    syn = syn.clone().requires_grad_()
+    loss = loss_fn(syn)
+    return loss.detach(), torch.autograd.grad(loss, syn)[0]
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("name", ["ConvNet", "ConvNetBN"])
+def test_gradient_matching_on_cuda_equals_cpu_loop(name, dtype):
+    ref_model, real, syn = data(torch.float64, "cpu", name)
+    if "BN" in name:
+        ref_model(real.flatten(0, 1))
+        ref_model.eval()
+    loss_ref, grad_ref = loss_and_grad(lambda s: gradient_matching_loss_loop(ref_model, real, s), syn)
+    model = build_network(name, SHAPE[0], C, SHAPE[1:]).to(CUDA, dtype)
+    model.load_state_dict(ref_model.state_dict())
+    model.train("BN" not in name)
+    real_gpu = real.to(CUDA, dtype)
+    loss, grad = loss_and_grad(lambda s: gradient_matching_loss(model, real_gpu, s), syn.to(CUDA, dtype))
+    if dtype == torch.float64:
+        torch.testing.assert_close(loss.cpu(), loss_ref, rtol=1e-8, atol=1e-10)
+        torch.testing.assert_close(grad.cpu(), grad_ref, rtol=1e-8, atol=1e-10)
+    else:
+        assert rel(loss, loss_ref) < 2e-2 and rel(grad, grad_ref) < 2e-2, (rel(loss, loss_ref), rel(grad, grad_ref))
+
+
+def test_distribution_matching_on_cuda_equals_loop():
+    model, real, syn = data(torch.float64, CUDA)
+    model.requires_grad_(False)
+    loss, grad = loss_and_grad(lambda s: distribution_matching_loss(model, real, s), syn)
+    loss_ref, grad_ref = loss_and_grad(lambda s: distribution_matching_loss_loop(model, real, s), syn)
+    torch.testing.assert_close(loss, loss_ref, rtol=1e-8, atol=1e-10)
+    torch.testing.assert_close(grad, grad_ref, rtol=1e-8, atol=1e-10)
+
+
+def test_dsa_on_cuda_equals_the_same_parameters_on_cpu():
+    x = torch.rand(12, *SHAPE, dtype=torch.float64)
+    for op in DEFAULT_DSA_STRATEGY.split("_"):
+        g = make_generator(3, CUDA)
+        groups = torch.arange(12, device=CUDA) % 4
+        params = gather_params(draw_dsa_params(op, 4, x.shape, g, CUDA), groups)
+        cpu_params = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in params.items()}
+        apply = getattr(augment, f"apply_{op}")
+        torch.testing.assert_close(apply(x.to(CUDA), params).cpu(), apply(x, cpu_params), atol=1e-6, rtol=0)
+
+
+def test_siamese_and_dc_augment_run_on_cuda_and_share_transforms():
+    real = torch.rand(C, 4, *SHAPE, device=CUDA)
+    syn = real[:, :2].clone()
+    out_real, out_syn = siamese_augment(real, syn, DEFAULT_DSA_STRATEGY, make_generator(0, CUDA))
+    assert out_real.device == real.device
+    torch.testing.assert_close(out_real[:, :2], out_syn, atol=1e-5, rtol=0)  # same image, same transform
+    out = dc_augment(real.flatten(0, 1), "crop_scale_rotate", make_generator(0, CUDA))
+    assert out.shape == real.flatten(0, 1).shape and torch.isfinite(out).all()
+    assert torch.equal(dsa_augment(real[0], DEFAULT_DSA_STRATEGY, make_generator(5, CUDA)),
+                       dsa_augment(real[0], DEFAULT_DSA_STRATEGY, make_generator(5, CUDA)))
+
+
+def test_stacked_training_on_cuda_equals_one_by_one():
+    # float64: stacked (vmapped) and one-by-one SGD may differ only by summation order
+    gen = torch.Generator().manual_seed(0)
+    source = TensorSource(torch.randn(64, *SHAPE, generator=gen, dtype=torch.float64).to(CUDA),
+                          torch.randint(0, C, (64,), generator=gen).to(CUDA))
+    schedule = Schedule(epochs=2, batch_size=16, lr=0.01, momentum=0.9, weight_decay=5e-4)
+    runs = {}
+    for stack in (True, False):
+        models = [build_seeded_network("ConvNet", 3, C, SHAPE[1:], s, CUDA).double() for s in (1, 2, 3)]
+        train_models(models, source, schedule, [make_generator(s, CUDA) for s in (1, 2, 3)], stack=stack)
+        runs[stack] = models
+    for a, b in zip(runs[True], runs[False]):
+        for (name, x), (_, y) in zip(a.state_dict().items(), b.state_dict().items()):
+            torch.testing.assert_close(x, y, rtol=1e-7, atol=1e-9, msg=name)
+    assert evaluate_models(runs[True], source, stack=True) == evaluate_models(runs[True], source, stack=False)
+
+
+def test_clom_class_sums_on_cuda_equal_the_matrix_formula():
+    gen = torch.Generator().manual_seed(0)
+    real_labels, syn_labels = torch.randint(10, (300,), generator=gen), torch.arange(50) % 10
+    syn_logits = torch.randn(50, 10, generator=gen, dtype=torch.float64)
+    syn_features, real_features = (torch.randn(n, 9, generator=gen, dtype=torch.float64) for n in (50, 300))
+    counts = torch.bincount(real_labels, minlength=10)
+    on = {name: t.to(CUDA) for name, t in dict(real_labels=real_labels, syn_labels=syn_labels, counts=counts,
+                                                syn_logits=syn_logits, syn_features=syn_features,
+                                                real_features=real_features).items()}
+    torch.testing.assert_close(ce_class_sum(on["syn_logits"], on["syn_labels"], on["counts"]).cpu(),
+                               clom_direct("ce", syn_logits, syn_labels, real_labels), rtol=1e-8, atol=1e-10)
+    sums = class_sums(torch.nn.functional.normalize(on["real_features"], dim=1), on["real_labels"], 10)
+    torch.testing.assert_close(cos_class_sum(on["syn_features"], on["syn_labels"], sums, on["counts"]).cpu(),
+                               clom_direct("cos", syn_features, syn_labels, real_labels, real_features),
+                               rtol=1e-8, atol=1e-10)
