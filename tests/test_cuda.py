@@ -1,8 +1,9 @@
 """The hot paths on a CUDA device against references: skipped where no GPU is present (CI), run on a GPU box.
 
 Tolerances: float64 on the GPU must equal the float64 CPU/loop reference up to summation order (rtol 1e-8).
-Default float32 runs may use TF32 convolutions (cuDNN's default), about 1e-3 relative per op, so they are
-checked against the float64 reference by relative norm < 2e-2.
+float32 gradient matching is checked against the float64 reference by relative norm: < 1e-3 with TF32 off,
+< 5e-2 with cuDNN's default TF32 convolutions (measured on an H200: 2.4e-2 for the images' gradient, whose
+per-channel cosines cancel; 1.3e-4 for the loss).
 """
 
 from __future__ import annotations
@@ -43,9 +44,9 @@ def loss_and_grad(loss_fn, syn):
     return loss.detach(), torch.autograd.grad(loss, syn)[0]
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("dtype, tf32", [(torch.float64, False), (torch.float32, False), (torch.float32, True)])
 @pytest.mark.parametrize("name", ["ConvNet", "ConvNetBN"])
-def test_gradient_matching_on_cuda_equals_cpu_loop(name, dtype):
+def test_gradient_matching_on_cuda_equals_cpu_loop(name, dtype, tf32):
     ref_model, real, syn = data(torch.float64, "cpu", name)
     if "BN" in name:
         ref_model(real.flatten(0, 1))
@@ -55,12 +56,14 @@ def test_gradient_matching_on_cuda_equals_cpu_loop(name, dtype):
     model.load_state_dict(ref_model.state_dict())
     model.train("BN" not in name)
     real_gpu = real.to(CUDA, dtype)
-    loss, grad = loss_and_grad(lambda s: gradient_matching_loss(model, real_gpu, s), syn.to(CUDA, dtype))
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=tf32):
+        loss, grad = loss_and_grad(lambda s: gradient_matching_loss(model, real_gpu, s), syn.to(CUDA, dtype))
     if dtype == torch.float64:
         torch.testing.assert_close(loss.cpu(), loss_ref, rtol=1e-8, atol=1e-10)
         torch.testing.assert_close(grad.cpu(), grad_ref, rtol=1e-8, atol=1e-10)
     else:
-        assert rel(loss, loss_ref) < 2e-2 and rel(grad, grad_ref) < 2e-2, (rel(loss, loss_ref), rel(grad, grad_ref))
+        tol = 5e-2 if tf32 else 1e-3
+        assert rel(loss, loss_ref) < tol and rel(grad, grad_ref) < tol, (rel(loss, loss_ref), rel(grad, grad_ref))
 
 
 def test_distribution_matching_on_cuda_equals_loop():

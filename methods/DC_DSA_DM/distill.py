@@ -364,6 +364,8 @@ def run(cfg: DistillConfig, device: torch.device, flags: dict, dist: DistInfo | 
     progress, seed = started
     seed = broadcast_int(dist, seed)  # under torchrun every rank takes rank 0's (clock) seed
     seed_everything(seed)
+    if device.type == "cuda":  # every step repeats the same shapes: let cuDNN pick its fastest kernels once
+        torch.backends.cudnn.benchmark = True
     data = load_dataset(spec.name, cfg.data_path, device, normalize=True, download=cfg.download)
 
     logger = setup_logging(files.log if dist.is_main else None, quiet=not dist.is_main)
