@@ -58,7 +58,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--normalize_data", action="store_true", help="train on mean/std-normalized images")
     parser.add_argument("--save_root", default="pretrained_model", help="root folder of saved pools")
     parser.add_argument("--no_stack", action="store_true",
-                        help="never train the models as one stacked ensemble (default: stacked on CUDA only)")
+                        help="never train the models as one stacked ensemble (by default only sets of one batch are "
+                             "stacked, on CUDA: a full data set trains one model after another anyway)")
     parser.add_argument("--no_download", action="store_true", help="never try to download a missing data set")
     return parser
 

@@ -1,8 +1,9 @@
 """Train and test networks: one at a time, or many at once as a stacked ensemble.
 
-On CUDA, models without BatchNorm are trained together: their parameters are stacked (torch.func) and one
-vmapped forward/backward serves all of them. On the CPU they are trained one after another by default
-(benchmarks/bench_train_pool.py: stacking is about 2x slower there; vmapped GroupNorm is not fused).
+Models without BatchNorm can be trained together: their parameters are stacked (torch.func) and one
+vmapped forward/backward serves all of them. By default this happens on CUDA for small training sets
+(one batch per epoch: synthetic sets), where it pays; full data sets and CPUs train one after another
+(see _groups for the measurements).
 Each model still has its own seed, its own batch order and its own augmentation stream, and SGD is
 element-wise, so every model takes exactly the steps it would take alone.
 """
@@ -10,6 +11,7 @@ element-wise, so every model takes exactly the steps it would take alone.
 from __future__ import annotations
 
 import copy
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -107,20 +109,18 @@ class _Single:
         pass
 
 
-# stack=None stacks only on CUDA and only for training sets up to this size. A synthetic set (<= a few
-# thousand images, a batch or two per epoch) leaves the GPU idle between small kernels, and one vmapped
-# ensemble fills it; on a full data set each model's batches already fill the GPU, and stacking was slower
-# (H200, 10 ConvNets on 4096 CIFAR-shaped images: 0.84x). On CPUs it was slower too (0.56x).
-STACK_MAX_IMAGES = 10_000
-
-
 def _groups(models: Sequence[nn.Module], stack: bool | None, max_stack: int | None,
-            num_images: int = 0) -> list[tuple[list[int], object]]:
+            batches_per_epoch: int = 1) -> list[tuple[list[int], object]]:
     """Split model ids into runners: stacked chunks where possible, single models otherwise.
-    stack=None: stack on CUDA for training sets of at most STACK_MAX_IMAGES (where it pays off)."""
+
+    stack=None stacks only on CUDA and only when an epoch is one batch (a synthetic set): there each model's
+    step is a few small kernels that leave the GPU idle, and one vmapped ensemble fills it. With more data
+    each model's batches already fill the GPU. Measured with benchmarks/bench_train_pool.py, 10 ConvNets,
+    batch 256, H200: 100 images 1.84x, 1000 images 0.89x, 10000 images 0.86x; on 2 CPU cores 0.56x.
+    """
     ids = list(range(len(models)))
     if stack is None:
-        stack = bool(models) and next(models[0].parameters()).is_cuda and num_images <= STACK_MAX_IMAGES
+        stack = bool(models) and next(models[0].parameters()).is_cuda and batches_per_epoch == 1
     if stack and len(models) > 1 and all(supports_stacking(m) for m in models):
         size = max_stack or len(models)
         chunks = [ids[i : i + size] for i in range(0, len(ids), size)]
@@ -187,7 +187,7 @@ def train_models(models: Sequence[nn.Module], source, schedule: Schedule, genera
     """
     if len(generators) != len(models):
         raise ValueError("one generator per model is needed")
-    groups = _groups(models, stack, max_stack, num_images=len(source))
+    groups = _groups(models, stack, max_stack, batches_per_epoch=math.ceil(len(source) / schedule.batch_size))
     total = schedule.epochs * len(groups)
     with tqdm(total=total, desc=desc, disable=progress_disabled() or desc is None, leave=False) as progress:
         for ids, runner in groups:
@@ -201,7 +201,7 @@ def evaluate_models(models: Sequence[nn.Module], source, batch_size: int = 1024,
                     stack: bool | None = None) -> list[float]:
     """Test accuracy of each model on `source` (every model sees the same batches)."""
     accuracies = [0.0] * len(models)
-    for ids, runner in _groups(models, stack, None, num_images=0):  # forward only: stacking is cheap
+    for ids, runner in _groups(models, stack, None, batches_per_epoch=math.ceil(len(source) / batch_size)):
         runner.train(False)
         correct = torch.zeros(len(ids), device=source.labels.device)
         for start in range(0, len(source), batch_size):
