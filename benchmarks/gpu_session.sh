@@ -38,7 +38,8 @@ tail -n 3 "$LOGS/bench_pool.log" >>"$SUMMARY"
 step bench_clom 60 $PY benchmarks/bench_clom.py --device cuda --quick
 tail -n 8 "$LOGS/bench_clom.log" >>"$SUMMARY"
 
-# DC ipc 10 on Digits: which settings beat 10 random real images per class (same evaluation)?
+# DC ipc 10 on Digits: which settings beat 10 random real images per class (same evaluation)? On an H200
+# (8 jobs sharing it, 30 iterations in 105 s): random real 97.16 ± 0.21%, lr_img 0.1: 94.09 ± 0.72%, 0.01: 97.53 ± 0.59%.
 sweep() {  # sweep NAME DISTILL_FLAGS...
     local name=$1
     shift
@@ -58,16 +59,13 @@ sweep_start=$SECONDS
 sweep random_real --init real --Iteration 0 &
 sweep lr0.1_real_30 --init real --Iteration 30 &
 sweep lr0.01_real_30 --init real --Iteration 30 --lr_img 0.01 &
-sweep lr0.1_real_100 --init real --Iteration 100 &
+sweep lr0.03_real_30 --init real --Iteration 30 --lr_img 0.03 &
 sweep lr0.01_real_100 --init real --Iteration 100 --lr_img 0.01 &
-sweep lr0.03_real_100 --init real --Iteration 100 --lr_img 0.03 &
-sweep lr0.1_noise_100 --init noise --Iteration 100 &
-sweep lr0.01_real_200 --init real --Iteration 200 --lr_img 0.01 &
+sweep lr0.01_noise_100 --init noise --Iteration 100 --lr_img 0.01 &
 deadline=$((SECONDS + ${SWEEP_SECONDS:-220}))
 while [ -n "$(jobs -rp)" ] && [ "$SECONDS" -lt "$deadline" ]; do sleep 2; done
 echo "== sweep: $((SECONDS - sweep_start)) s, unfinished: $(jobs -rp | wc -l)" | tee -a "$SUMMARY"
 sort "$LOGS/sweep_results.txt" >>"$SUMMARY" 2>/dev/null
-grep -h "iter 000[0-9]0 " "$LOGS"/sweep_lr0.1_real_100.log | tail -n 3 >>"$SUMMARY"
 rm -rf "$LOGS/sweep"
 tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$LOGS"
 cat "$SUMMARY"
