@@ -16,7 +16,7 @@ from methods.clom import ce_class_sum, class_sums, clom_direct, cos_class_sum
 from methods.DC_DSA_DM.distribution_matching import distribution_matching_loss, distribution_matching_loss_loop
 from methods.DC_DSA_DM.gradient_matching import gradient_matching_loss, gradient_matching_loss_loop, siamese_augment
 from networks import build_network
-from utils import augment
+from utils import augment, engine
 from utils.augment import DEFAULT_DSA_STRATEGY, dc_augment, draw_dsa_params, dsa_augment, gather_params
 from utils.engine import Schedule, TensorSource, build_seeded_network, evaluate_models, train_models
 from utils.misc import make_generator
@@ -131,3 +131,9 @@ def test_clom_class_sums_on_cuda_equal_the_matrix_formula():
     torch.testing.assert_close(cos_class_sum(on["syn_features"], on["syn_labels"], sums, on["counts"]).cpu(),
                                clom_direct("cos", syn_features, syn_labels, real_labels, real_features),
                                rtol=1e-8, atol=1e-10)
+
+
+def test_default_stacking_is_for_one_batch_sets_on_cuda():
+    models = [build_seeded_network("ConvNet", 3, C, SHAPE[1:], s, CUDA) for s in (1, 2)]
+    assert [ids for ids, _ in engine._groups(models, None, None, batches_per_epoch=1)] == [[0, 1]]
+    assert [ids for ids, _ in engine._groups(models, None, None, batches_per_epoch=2)] == [[0], [1]]

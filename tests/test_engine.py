@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from utils import engine
 from utils.engine import (
     Schedule,
     TensorSource,
@@ -93,3 +94,9 @@ def test_train_and_test_reports_final_and_best():
                             im_size=(8, 8), device="cpu", test_every=2, keep_best_states=True)
     assert len(result.final) == 2 and all(b >= f for b, f in zip(result.best, result.final))
     assert result.best_epoch[0] in (2, 4) and set(result.best_states[0]) >= {"classifier.weight"}
+
+
+def test_default_never_stacks_on_cpu():
+    models = [build_seeded_network("ConvNetW32", 1, 4, (8, 8), s) for s in (1, 2)]
+    assert [ids for ids, _ in engine._groups(models, None, None, batches_per_epoch=1)] == [[0], [1]]
+    assert [ids for ids, _ in engine._groups(models, True, None, batches_per_epoch=5)] == [[0, 1]]
