@@ -41,7 +41,8 @@ from methods.DC_DSA_DM.distribution_matching import (  # noqa: E402
     distribution_matching_loss_loop,
 )
 from methods.DC_DSA_DM.gradient_matching import (  # noqa: E402
-    get_loops,  # noqa: E402
+    class_labels,
+    get_loops,
     gradient_matching_loss,
     gradient_matching_loss_loop,
     siamese_augment,
@@ -107,7 +108,7 @@ def make_iteration(method: str, batched: bool, model, real, syn, device):
     outer_loop, inner_loop = (1, 0) if method == "DM" else get_loops(syn.shape[1])
     step = make_step(method, batched, model, real, syn, device)
     start_images, start_weights = syn.detach().clone(), {k: v.clone() for k, v in model.state_dict().items()}
-    labels = torch.arange(syn.shape[0], device=device).repeat_interleave(syn.shape[1])
+    labels = class_labels(syn.shape[0], syn.shape[1], device).flatten()
     inner = Schedule(epochs=inner_loop, batch_size=256, lr=0.01, momentum=0.0, weight_decay=0.0)
     augment = (lambda x, g: dsa_augment(x, DEFAULT_DSA_STRATEGY, g)) if method == "DSA" else None
 
