@@ -13,18 +13,16 @@ can be repeated by hand.
 from __future__ import annotations
 
 import argparse
-import os
+import json
 import shlex
+import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-import train_original_models
-import validate
-from methods.DC_DSA_DM import main_DM
-from utils.misc import run_cli
+ROOT = Path(__file__).resolve().parent
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -42,55 +40,53 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def step(title: str, script, argv: list[str]):
-    """Run one of the suite's scripts in-process as its command line would; stop on its error line."""
-    path = Path(script.__file__).resolve().relative_to(Path(__file__).resolve().parent)
-    print(f"\n=== {title}\n$ python {path} {shlex.join(argv)}", flush=True)
-    start, outcome = time.time(), {}
-
-    def call(script_argv):
-        outcome["result"] = script.main(script_argv)
-
-    code = run_cli(call, argv)
-    if code != 0:
-        raise SystemExit(code)
+def step(title: str, script: str, argv: list[str], cwd: Path) -> None:
+    """Run one of the suite's scripts as its command line, in `cwd`; stop with its exit status on failure."""
+    print(f"\n=== {title}\n$ python {script} {shlex.join(argv)}", flush=True)
+    start = time.time()
+    done = subprocess.run([sys.executable, str(ROOT / script), *argv], cwd=cwd)
+    if done.returncode != 0:
+        raise SystemExit(done.returncode)
     print(f"--- {title}: {time.time() - start:.0f} s", flush=True)
-    return outcome["result"]
 
 
 def main(argv=None) -> None:
     args = get_args_parser().parse_args(argv)
     out = Path(args.out or Path("quickstart_runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     out.mkdir(parents=True, exist_ok=False)
-    os.chdir(out)  # the scripts write pretrained_model/ and condensed/ under the working folder
     common = ["--dataset", "Digits", "--random_seed", str(args.seed), "--gpu", args.gpu]
     start = time.time()
 
-    step("pool", train_original_models, [*common, "--model", "ConvNet", "--normalize_data",
-                                         "--num", str(args.pool_size), "--epochs", str(args.pool_epochs),
-                                         "--save_every", str(args.pool_epochs), "--lr_decay_step", ""])
+    step("pool", "train_original_models.py", [
+        *common, "--model", "ConvNet", "--normalize_data", "--num", str(args.pool_size), "--epochs",
+        str(args.pool_epochs), "--save_every", str(args.pool_epochs), "--lr_decay_step", ""], out)
     dm = [*common, "--ipc", str(args.ipc), "--num_eval", "0", "--batch_real", "64"]
-    sets = {
-        "random real": step("random real", main_DM, [*dm, "--Iteration", "0", "--save_path", "random_real"]),
-        "DM": step("DM", main_DM, [*dm, "--Iteration", str(args.iterations), "--save_path", "dm"]),
-        "DM + CLoM (cos)": step("DM + CLoM (cos)", main_DM, [
+    runs = {
+        "random real": [*dm, "--Iteration", "0", "--save_path", "random_real"],
+        "DM": [*dm, "--Iteration", str(args.iterations), "--save_path", "dm"],
+        "DM + CLoM (cos)": [
             *dm, "--Iteration", str(args.iterations), "--save_path", "dm_clom", "--CLoM", "--CLoM_distance",
             "cos", "--models_pool", "ConvNet", "--model_num", str(args.pool_size), "--epoch",
-            str(args.pool_epochs), "--alphas", str(args.alpha), "--CLoM_batch_size", "0"]),
+            str(args.pool_epochs), "--alphas", str(args.alpha), "--CLoM_batch_size", "0"],
     }
     rows = []
-    for name, path in sets.items():
-        result = step(f"validate {name}", validate, [
-            *common, "--normalize_data", "--model", "ConvNet", "--dsa", "--synthesis_data_path", str(path),
-            "--epochs", str(args.eval_epochs), "--save_every", str(args.eval_epochs),
-            "--lr_decay_step", str(args.eval_epochs // 2), "--num_eval", str(args.num_eval)])
-        accs = 100 * np.asarray(result.final)
-        rows.append((name, accs.mean(), accs.std(), path))
+    for name, run_argv in runs.items():
+        step(name, "methods/DC_DSA_DM/main_DM.py", run_argv, out)
+        folder = out / run_argv[run_argv.index("--save_path") + 1]
+        synthetic_set = next(folder.rglob("res_*.pt"))
+        report = out / f"validate_{folder.name}.json"
+        step(f"validate {name}", "validate.py", [
+            *common, "--normalize_data", "--model", "ConvNet", "--dsa", "--synthesis_data_path",
+            str(synthetic_set), "--epochs", str(args.eval_epochs), "--save_every", str(args.eval_epochs),
+            "--lr_decay_step", str(args.eval_epochs // 2), "--num_eval", str(args.num_eval), "--result_json",
+            str(report)], out)
+        accs = 100 * np.asarray(json.loads(report.read_text())["final"])
+        rows.append((name, accs.mean(), accs.std()))
 
     print(f"\nDigits, {args.ipc} images per class, ConvNet trained {args.eval_epochs} epochs with DSA, "
           f"{args.num_eval} networks each ({time.time() - start:.0f} s in all; outputs in {out})")
     print(f"{'synthetic set':18s} {'test accuracy':>16s}")
-    for name, mean, std, _ in rows:
+    for name, mean, std in rows:
         print(f"{name:18s} {mean:9.2f} ± {std:4.2f}%")
 
 

@@ -16,7 +16,8 @@ import time
 import torch
 
 from utils import distributed
-from utils.data import default_data_path, load_dataset
+from utils.cli import check_at_least, fix_seed, run_cli, start_process, training_parser
+from utils.data import load_dataset
 from utils.engine import Schedule, build_seeded_network, evaluate_models, train_models
 from utils.io import (
     POOL_INFO_NAME,
@@ -26,60 +27,37 @@ from utils.io import (
     pool_checkpoint_path,
     reserve_run_dir,
 )
-from utils.misc import (
-    check_positive,
-    make_generator,
-    parse_int_list,
-    resolve_seed,
-    run_cli,
-    seed_everything,
-    setup_logging,
-)
+from utils.misc import make_generator, parse_int_list, setup_logging
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train pre-trained models (a pool) on an original data set.")
-    parser.add_argument("--dataset", default="CIFAR10", help="data set name (see SPEC; Digits works offline)")
-    parser.add_argument("--data_path", default=None, help="folder of the data set files (default data/<dataset>)")
-    parser.add_argument("--model", default="ConvNet", help="architecture name")
-    parser.add_argument("--random_seed", type=int, default=None, help="base seed (model k uses seed+k); default: clock")
-    parser.add_argument("--multigpu", default=None,
-                        help="accepted for compatibility; one process uses one card. Use torchrun for several GPUs")
-    parser.add_argument("--gpu", default="0", help="CUDA card number, or 'cpu'")
+    parser = training_parser("Train pre-trained models (a pool) on an original data set.", epochs=150,
+                             weight_decay=0.005, save_every=1,
+                             save_every_help="save a checkpoint (and test) every N epochs", lr_decay_step="50,100",
+                             seed_help="base seed (model k uses seed+k); default: clock")
     # --num_models: the same flag under a name torchrun's own parser does not mistake for its --numa-binding
     parser.add_argument("--num", "--num_models", dest="num", type=int, default=1, help="how many models to train")
-    parser.add_argument("--epochs", type=int, default=150)
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--weight_decay", type=float, default=0.005)
-    parser.add_argument("--save_every", type=int, default=1, help="save a checkpoint (and test) every N epochs")
-    parser.add_argument("--lr_decay_step", default="50,100", help="epochs after which lr is multiplied by 0.1")
-    parser.add_argument("--normalize_data", action="store_true", help="train on mean/std-normalized images")
     parser.add_argument("--save_root", default="pretrained_model", help="root folder of saved pools")
     parser.add_argument("--no_stack", action="store_true",
                         help="never train the models as one stacked ensemble (by default only sets of one batch are "
                              "stacked, on CUDA: a full data set trains one model after another anyway)")
-    parser.add_argument("--no_download", action="store_true", help="never try to download a missing data set")
     return parser
 
 
 def check_args(args) -> list[int]:
-    check_positive(args.num, "--num")
-    check_positive(args.epochs, "--epochs", allow_zero=True)
-    check_positive(args.batch_size, "--batch_size")
-    check_positive(args.save_every, "--save_every")
+    check_at_least(args.num, "--num", 1)
+    check_at_least(args.epochs, "--epochs", 0)
+    check_at_least(args.batch_size, "--batch_size", 1)
+    check_at_least(args.save_every, "--save_every", 1)
     return parse_int_list(args.lr_decay_step, "--lr_decay_step")
 
 
 def main(argv=None) -> None:
     args = get_args_parser().parse_args(argv)
     milestones = check_args(args)
-    dist, device = distributed.init_with_device(args.gpu)
-    seed = distributed.broadcast_int(dist, resolve_seed(args.random_seed))
-    seed_everything(seed)
-    data_path = args.data_path or default_data_path(args.dataset)
-    data = load_dataset(args.dataset, data_path, device, normalize=args.normalize_data,
+    dist, device = start_process(args.gpu)
+    seed = fix_seed(dist, args.random_seed)
+    data = load_dataset(args.dataset, args.data_path, device, normalize=args.normalize_data,
                         download=not args.no_download)
     spec = data.spec
 

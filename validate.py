@@ -11,72 +11,56 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from utils import distributed
-from utils.augment import dsa_augment
-from utils.data import default_data_path, load_dataset
+from utils.augment import DEFAULT_DSA_STRATEGY, dsa_augmenter
+from utils.cli import check_at_least, fix_seed, run_cli, start_process, training_parser
+from utils.data import load_dataset
 from utils.engine import Schedule, TensorSource, train_and_test
-from utils.io import atomic_torch_save, load_result_file, reserve_run_dir
-from utils.misc import (
-    UserError,
-    check_positive,
-    parse_int_list,
-    resolve_seed,
-    run_cli,
-    seed_everything,
-    setup_logging,
-)
+from utils.io import atomic_json_save, atomic_torch_save, first_free_path, load_result_file, reserve_run_dir, to_plain
+from utils.misc import UserError, parse_int_list, setup_logging
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description="Train fresh networks on a synthetic set and test them.")
-    parser.add_argument("--dataset", default="CIFAR10")
-    parser.add_argument("--model", default="ConvNet", help="architecture trained on the synthetic set")
+    parser = training_parser("Train fresh networks on a synthetic set and test them.", epochs=1000,
+                             weight_decay=0.0005, save_every=50, save_every_help="test every N epochs",
+                             lr_decay_step="500", seed_help="network k uses seed+k; default: clock")
     parser.add_argument("--method", default="DC", help="method that made the set (used in --save_model paths)")
     parser.add_argument("--ipc", type=int, default=10, help="images per class (used in --save_model paths)")
-    parser.add_argument("--random_seed", type=int, default=None, help="network k uses seed+k; default: clock")
     parser.add_argument("--save_model", action="store_true",
                         help="save each network's best weights under "
                         "pretrained_model/<dataset>/<method>/IPC<ipc>/<model>/index_<k>/")
-    parser.add_argument("--multigpu", default=None,
-                        help="accepted for compatibility; one process uses one card. Use torchrun for several GPUs")
-    parser.add_argument("--gpu", default="0", help="CUDA card number, or 'cpu'")
-    parser.add_argument("--epochs", type=int, default=1000)
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--weight_decay", type=float, default=0.0005)
-    parser.add_argument("--save_every", type=int, default=50, help="test every N epochs")
-    parser.add_argument("--lr_decay_step", default="500", help="epochs after which lr is multiplied by 0.1")
-    parser.add_argument("--normalize_data", action="store_true",
-                        help="train and test in normalized space (else in [0,1] pixel space)")
     parser.add_argument("--dsa", action="store_true", help="train with DSA augmentation")
-    parser.add_argument("--dsa_strategy", default="color_crop_cutout_flip_scale_rotate")
+    parser.add_argument("--dsa_strategy", default=DEFAULT_DSA_STRATEGY)
     parser.add_argument("--synthesis_data_path", required=True, help="a res_*.pt file")
     parser.add_argument("--experiment", type=int, default=0, help="which entry of data[] to validate")
     parser.add_argument("--num_eval", type=int, default=1, help="fresh networks to train (mean ± std)")
-    parser.add_argument("--data_path", default=None, help="folder of the data set files (default data/<dataset>)")
-    parser.add_argument("--no_download", action="store_true", help="never try to download a missing data set")
+    parser.add_argument("--result_json", default=None,
+                        help="write the results here (default: validate_<model>_seed<seed>.json beside the set, "
+                        "or the next free _<k> name; never overwritten)")
     return parser
 
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    start = time.time()
     for value, name in ((args.epochs, "--epochs"), (args.save_every, "--save_every"),
                         (args.batch_size, "--batch_size"), (args.num_eval, "--num_eval")):
-        check_positive(value, name, allow_zero=name == "--epochs")
+        check_at_least(value, name, 0 if name == "--epochs" else 1)
     milestones = parse_int_list(args.lr_decay_step, "--lr_decay_step")
-    dist, device = distributed.init_with_device(args.gpu)
-    seed = distributed.broadcast_int(dist, resolve_seed(args.random_seed))
-    seed_everything(seed)
+    augment = dsa_augmenter(args.dsa_strategy) if args.dsa else None
+    if args.result_json and Path(args.result_json).exists():
+        raise UserError(f"--result_json {args.result_json} already exists; refusing to overwrite it")
+    dist, device = start_process(args.gpu)
+    seed = fix_seed(dist, args.random_seed)
 
     images, labels, content = load_result_file(args.synthesis_data_path, args.experiment)
-    data = load_dataset(args.dataset, args.data_path or default_data_path(args.dataset), device,
-                        normalize=args.normalize_data, download=not args.no_download)
+    data = load_dataset(args.dataset, args.data_path, device, normalize=args.normalize_data,
+                        download=not args.no_download)
     spec = data.spec
     if tuple(images.shape[1:]) != (spec.channel, *spec.im_size):
         raise UserError(f"{args.synthesis_data_path}: images are {tuple(images.shape[1:])} but {spec.name} is "
@@ -97,10 +81,6 @@ def main(argv=None):
     logger.info("seed %d | device %s | %s: %d synthetic images, %d test | normalized %s | dsa %s",
                 seed, device, spec.name, len(labels), len(data.test), args.normalize_data, args.dsa)
 
-    augment = None
-    if args.dsa:
-        strategy = args.dsa_strategy
-        augment = lambda x, generator: dsa_augment(x, strategy, generator)
     schedule = Schedule(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                         weight_decay=args.weight_decay, milestones=tuple(milestones))
     result = train_and_test(args.model, TensorSource(images, labels), data.test, schedule,
@@ -112,6 +92,19 @@ def main(argv=None):
         logger.info("network %d: final test acc %.4f | best %.4f at epoch %d", k, final, best, epoch)
     logger.info("%s on %s (%d networks): final %s | best %s", args.model, Path(args.synthesis_data_path).name,
                 args.num_eval, mean_std(result.final), mean_std(result.best))
+    if dist.is_main:
+        record = {"synthesis_data_path": str(args.synthesis_data_path), "experiment": args.experiment,
+                  "dataset": spec.name, "model": args.model, "method": args.method, "ipc": args.ipc, "seed": seed,
+                  "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "momentum": args.momentum,
+                  "weight_decay": args.weight_decay, "lr_decay_step": milestones, "dsa": args.dsa,
+                  "dsa_strategy": args.dsa_strategy if args.dsa else None, "normalize_data": args.normalize_data,
+                  "num_eval": args.num_eval, "final": result.final, "best": result.best,
+                  "best_epoch": result.best_epoch, "wall_time_s": round(time.time() - start, 2),
+                  "settings_of_the_set": content.get("config")}
+        default = Path(args.synthesis_data_path).with_name(f"validate_{args.model}_seed{seed}.json")
+        path = atomic_json_save(to_plain(record), Path(args.result_json) if args.result_json
+                                else first_free_path(default))
+        logger.info("results written to %s", path)
     if args.save_model and dist.is_main:
         parent = Path("pretrained_model") / spec.name / args.method / f"IPC{args.ipc}" / args.model
         for k, state in enumerate(result.best_states):
@@ -129,5 +122,4 @@ def mean_std(values) -> str:
 
 
 if __name__ == "__main__":
-    torch.backends.cudnn.benchmark = True
     sys.exit(run_cli(main))

@@ -28,10 +28,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from methods.clom import build_clom_loss, clom_direct  # noqa: E402
+from methods.clom import ClomOptions, build_clom_loss  # noqa: E402
+from methods.reference import clom_direct  # noqa: E402
 from networks import build_network  # noqa: E402
+from utils.engine import TensorSource  # noqa: E402
 from utils.io import POOL_INFO_NAME, pool_checkpoint_path  # noqa: E402
-from utils.pools import load_pool  # noqa: E402
+from utils.pools import InputSpace, load_pool  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 NUM_CLASSES, SYN_SIZE, ARCH, SOURCE, EPOCH = 10, 100, "ConvNet", "CIFAR10", 1
@@ -135,25 +137,11 @@ def main(argv=None) -> None:
         for distance in args.distances.split(","):
             for size in sizes:
                 start = time.perf_counter()
-                ours = build_clom_loss(
-                    distance=distance,
-                    alphas=[1.0],
-                    models_pool=[ARCH],
-                    model_num=1,
-                    epoch=EPOCH,
-                    source_dataset=SOURCE,
-                    batch_size=size,
-                    feature="embed",
-                    real_images=real_images,
-                    real_labels=real_labels,
-                    target_mean=torch.tensor(MEAN),
-                    target_std=torch.tensor(STD),
-                    target_normalized=True,
-                    target_num_classes=NUM_CLASSES,
-                    device=device,
-                    seed=0,
-                    pool_root=root,
-                )
+                options = ClomOptions(distance=distance, alphas=[1.0], models_pool=[ARCH], epoch=EPOCH,
+                                      source_dataset=SOURCE, batch_size=size, pool_root=root)
+                real = TensorSource(real_images, real_labels, NUM_CLASSES)
+                space = InputSpace(3, (32, 32), True, MEAN, STD)
+                ours = build_clom_loss(options, real, space, device, seed=0)
                 sync(device)
                 setup = time.perf_counter() - start
                 ours_s = time_steps(lambda ours=ours: ours(syn, syn_labels), syn, steps, device)

@@ -36,19 +36,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from methods.DC_DSA_DM.distribution_matching import (  # noqa: E402
-    distribution_matching_loss,
-    distribution_matching_loss_loop,
-)
-from methods.DC_DSA_DM.gradient_matching import (  # noqa: E402
-    class_labels,
-    get_loops,
-    gradient_matching_loss,
-    gradient_matching_loss_loop,
-    siamese_augment,
-)
+from methods.DC_DSA_DM.distribution_matching import distribution_matching_loss  # noqa: E402
+from methods.DC_DSA_DM.gradient_matching import get_loops, gradient_matching_loss  # noqa: E402
+from methods.DC_DSA_DM.synset import class_labels  # noqa: E402
+from methods.reference import distribution_matching_loss_loop, gradient_matching_loss_loop  # noqa: E402
 from networks import build_network  # noqa: E402
-from utils.augment import DEFAULT_DSA_STRATEGY, dsa_augment  # noqa: E402
+from utils.augment import DEFAULT_DSA_STRATEGY, dsa_augment, siamese_augment  # noqa: E402
 from utils.engine import Schedule, TensorSource, train_models  # noqa: E402
 from utils.misc import make_generator  # noqa: E402
 

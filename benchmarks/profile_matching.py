@@ -24,12 +24,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from methods.DC_DSA_DM.gradient_matching import (  # noqa: E402
-    class_labels,
     gradient_matching_loss,
-    gradient_matching_loss_loop,
     match_distance,
     per_class_gradients,
 )
+from methods.DC_DSA_DM.synset import class_labels  # noqa: E402
+from methods.reference import gradient_matching_loss_loop  # noqa: E402
 from networks import build_network  # noqa: E402
 
 

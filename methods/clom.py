@@ -27,41 +27,22 @@ same result). With the whole data set as the batch only the class sums s_c are k
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from networks.foundation import is_foundation_name
-from utils.misc import UserError, make_generator
-from utils.pools import InputSpace, PoolArch, draw_pool_member, load_pool, make_input_adapter, resolve_alphas
+from utils.engine import ImageSource
+from utils.io import POOL_ROOT
+from utils.misc import SettingError, UserError, make_generator
+from utils.pools import InputSpace, PoolArch, draw_pool_member, load_pool, make_input_adapter
 
 DISTANCES = ("ce", "cos", "ce_plain")
 FEATURES = ("embed", "logits")
 FEATURE_BATCH_SIZE = 512  # real images per no-grad forward when filling the cache
-
-
-# ---------------------------------------------------------------- the formula, as written (tests, baseline)
-def clom_direct(
-    distance: str,
-    syn_outputs: torch.Tensor,
-    syn_labels: torch.Tensor,
-    real_labels: torch.Tensor,
-    real_outputs: torch.Tensor | None = None,
-    alpha: float = 1.0,
-) -> torch.Tensor:
-    """The full |B| x |S| matrices D and M. `ce`: syn_outputs are logits (real_outputs unused);
-    `cos`: syn_outputs / real_outputs are features F(x)."""
-    mask = (real_labels[:, None] == syn_labels[None, :]).to(syn_outputs.dtype)  # M[i, j] = [y_i == y_j]
-    if distance == "ce":
-        neg_log_p = -F.log_softmax(syn_outputs, dim=1)  # (|S|, C)
-        dist = neg_log_p[:, real_labels].T  # D[i, j] = -log p*(x_j)[y_i]
-    elif distance == "cos":
-        dist = 1 - F.normalize(real_outputs, dim=1) @ F.normalize(syn_outputs, dim=1).T
-    else:
-        raise ValueError(f"clom_direct: distance must be 'ce' or 'cos', got {distance!r}")
-    return alpha * (dist * mask).sum() / dist.sum()
 
 
 # ---------------------------------------------------------------- the class-sum forms
@@ -114,43 +95,67 @@ def cached_class_sums(
     return F.embedding_bag(idx[order], cache, offsets, mode="sum").double()
 
 
-# ---------------------------------------------------------------- CLI helper
-def parse_weight_map(entries: list[str] | None) -> dict[str, str]:
-    """['timm:resnet18=/path/w.pth', ...] -> {'timm:resnet18': '/path/w.pth'} (for --CLoM_weights)."""
-    mapping: dict[str, str] = {}
-    for entry in entries or []:
-        name, sep, path = str(entry).partition("=")
-        name, path = name.strip(), path.strip()
-        if not sep or not name or not path:
-            raise UserError(
-                f"--CLoM_weights expects <pool model>=<file, folder or 'download'>, e.g. "
-                f"timm:resnet18=/path/to/resnet18.safetensors; got {entry!r}"
-            )
-        if not is_foundation_name(name):
-            raise UserError(
-                f"--CLoM_weights {entry!r}: only foundation models (timm:, open_clip:, torchvision:) "
-                "take weights this way"
-            )
-        if name in mapping:
-            raise UserError(f"--CLoM_weights names {name!r} twice")
-        mapping[name] = path
-    return mapping
+# ---------------------------------------------------------------- options
+@dataclass(frozen=True)
+class ClomOptions:
+    """CLoM's settings (the paper's --CLoM_* flags, --alphas, --models_pool, --model_num, --epoch, ...)."""
+
+    distance: str  # ce | cos | ce_plain
+    alphas: list[float] | None  # one per pool architecture, or one for all
+    models_pool: list[str] | None  # architectures (ours) or foundation-model names
+    model_num: int = 1  # models per architecture: index_0 .. index_{model_num-1}
+    epoch: int = 150  # which saved epoch of the pool to load
+    source_dataset: str = ""  # the data set the pool was trained on
+    batch_size: int = 256  # real images per CLoM batch; 0 = all
+    feature: str = "embed"  # F for cos: embed | logits
+    cache_gb: float = 4.0  # device memory for the real-feature cache
+    weights: dict[str, str] = field(default_factory=dict)  # foundation model name -> local weights
+    pool_root: str = POOL_ROOT
 
 
-# ---------------------------------------------------------------- the loss object the scripts call
-class _RealSet:
-    """Real images behind the `images(idx)` / `labels` / `len` interface of utils.data.ImageSet."""
+def check_clom_options(options: ClomOptions) -> None:
+    """Every CLoM setting checked before anything is loaded."""
+    if options.distance not in DISTANCES:
+        raise SettingError("clom.distance", f"must be one of {', '.join(DISTANCES)}, got {options.distance!r}")
+    if options.feature not in FEATURES:
+        raise SettingError("clom.feature", f"must be one of {', '.join(FEATURES)}, got {options.feature!r}")
+    if options.distance != "cos" and options.feature != "embed":
+        raise SettingError("clom.feature", f"{options.feature!r} applies only to the cos distance")
+    if not options.models_pool:
+        raise SettingError("clom.models_pool", "is needed: the architectures of the pre-trained pool (e.g. "
+                           "ConvNet), with alphas (one per architecture, or one for all)")
+    resolve_alphas(options.alphas, list(options.models_pool))
+    if options.model_num < 1:
+        raise SettingError("clom.model_num", f"must be >= 1, got {options.model_num}")
+    if options.batch_size < 0:
+        raise SettingError("clom.batch_size", f"must be >= 0 (0 = all real images), got {options.batch_size}")
+    if not (math.isfinite(options.cache_gb) and options.cache_gb >= 0):
+        raise SettingError("clom.cache_gb", f"must be a number >= 0, got {options.cache_gb}")
 
-    def __init__(self, images, labels: torch.Tensor):
-        self._images, self.labels = images, labels
 
-    def images(self, idx: torch.Tensor | None = None) -> torch.Tensor:
-        if isinstance(self._images, torch.Tensor):
-            return self._images if idx is None else self._images[idx]
-        return self._images.images(idx)
+def resolve_alphas(alphas: list[float] | None, architectures: list[str]) -> list[float]:
+    """One alpha per pool architecture: the given ones, or one given alpha for all."""
+    if not alphas:
+        raise SettingError("clom.alphas", "are needed: one weight per pool architecture, or one for all "
+                           "(e.g. 1000)")
+    if not all(math.isfinite(a) for a in alphas):
+        raise SettingError("clom.alphas", f"must be finite numbers, got {list(alphas)}")
+    if len(alphas) == 1:
+        return [float(alphas[0])] * len(architectures)
+    if len(alphas) != len(architectures):
+        raise SettingError("clom.alphas", f"has {len(alphas)} values but the pool has {len(architectures)} "
+                           f"architectures ({' '.join(architectures)}): give one per architecture, or one for all")
+    return [float(a) for a in alphas]
 
-    def __len__(self) -> int:
-        return len(self.labels)
+
+class ClomTerm(Protocol):
+    """What the distillation loop adds to its loss at every image step."""
+
+    def __call__(self, image_syn: torch.Tensor, label_syn: torch.Tensor) -> torch.Tensor: ...
+
+    def reseed(self, seed: int) -> None: ...
+
+    def describe(self) -> str: ...
 
 
 @dataclass
@@ -169,40 +174,26 @@ class _MemberState:
 class ClomLoss:
     """`loss = clom(image_syn, label_syn)`: one CLoM step, alpha included, differentiable in image_syn."""
 
-    def __init__(
-        self,
-        pool: list[PoolArch],
-        alphas: list[float],
-        distance: str,
-        feature: str,
-        real,
-        batch_size: int,
-        target_space: InputSpace,
-        num_classes: int,
-        device,
-        seed: int,
-        cache_budget_bytes: int,
-        source_dataset: str = "",
-        feature_batch_size: int = FEATURE_BATCH_SIZE,
-    ):
-        self.pool, self.alphas, self.distance, self.feature = pool, alphas, distance, feature
-        self.real, self.num_classes, self.device = real, num_classes, torch.device(device)
-        self.source_dataset, self.feature_batch_size = source_dataset, feature_batch_size
+    def __init__(self, pool: list[PoolArch], alphas: list[float], options: ClomOptions, real: ImageSource,
+                 target_space: InputSpace, device, seed: int, feature_batch_size: int = FEATURE_BATCH_SIZE):
+        self.pool, self.alphas, self.distance, self.feature = pool, alphas, options.distance, options.feature
+        self.real, self.num_classes, self.device = real, real.num_classes, torch.device(device)
+        self.source_dataset, self.feature_batch_size = options.source_dataset, feature_batch_size
         self.num_real = len(real)
         self.real_labels = real.labels.to(self.device, torch.long)
+        batch_size = options.batch_size
         self.full_batch = batch_size <= 0 or batch_size >= self.num_real  # all real images, exactly
         self.batch_size = self.num_real if self.full_batch else batch_size
-        self.real_counts = class_counts(self.real_labels, num_classes)
+        self.real_counts = class_counts(self.real_labels, self.num_classes)
         self._member_gen = make_generator(seed, "cpu")  # which pool model: a CPU draw, no device sync
         self._batch_gen = make_generator(seed + 1, self.device)  # which real images
         self.reseed(seed)
         self.cache_bytes = 0
-        self.last_draw: tuple[str, int] | None = None
         self.states = [
             [self._member_state(arch, k, member, target_space) for k, member in enumerate(arch.members)]
             for arch in pool
         ]
-        self._fill_caches(cache_budget_bytes)
+        self._fill_caches(int(options.cache_gb * (1 << 30)))
 
     def _member_state(self, arch: PoolArch, index: int, member, target_space: InputSpace) -> _MemberState:
         features = None
@@ -264,7 +255,6 @@ class ClomLoss:
     def __call__(self, image_syn: torch.Tensor, label_syn: torch.Tensor) -> torch.Tensor:
         arch_index, model_index = draw_pool_member(self.pool, self._member_gen)
         state, alpha = self.states[arch_index][model_index], self.alphas[arch_index]
-        self.last_draw = (state.arch, state.index)
         x = state.adapter(image_syn)
         if self.distance == "ce_plain":
             return alpha * F.cross_entropy(state.model(x), label_syn)
@@ -309,85 +299,23 @@ class _EmbedOf(nn.Module):
         return self.model.embed(x)
 
 
-def build_clom_loss(
-    *,
-    distance: str,
-    alphas: list[float] | None,
-    models_pool: list[str] | None,
-    model_num: int,
-    epoch: int,
-    source_dataset: str,
-    batch_size: int,
-    feature: str,
-    real_images,
-    real_labels: torch.Tensor | None,
-    target_mean: torch.Tensor,
-    target_std: torch.Tensor,
-    target_normalized: bool,
-    target_num_classes: int,
-    device,
-    seed: int,
-    pool_root: str = "pretrained_model",
-    cache_budget_bytes: int = 4 << 30,
-    weights: dict[str, str] | None = None,
-) -> ClomLoss:
+def build_clom_loss(options: ClomOptions, real: ImageSource, target_space: InputSpace, device,
+                    seed: int) -> ClomLoss:
     """Load the pool, check it fits the distance and the target, and prepare the real-side statistics.
 
-    `real_images`: (N, C, H, W) float tensor in the target's (normalized) space on `device`, or an object with
-    `images(idx)`, `labels` and `__len__` (e.g. utils.data.ImageSet); `real_labels` may then be None."""
-    if distance not in DISTANCES:
-        raise UserError(f"--CLoM_distance must be one of {', '.join(DISTANCES)}, got {distance!r}")
-    if feature not in FEATURES:
-        raise UserError(f"CLoM feature must be one of {', '.join(FEATURES)}, got {feature!r}")
-    if not models_pool:
-        raise UserError(
-            "--CLoM needs --models_pool <architecture ...> (e.g. --models_pool ConvNet) and --alphas "
-            "<one per architecture, or one for all> (e.g. --alphas 1000)"
-        )
-    alphas = resolve_alphas(alphas, list(models_pool))
-    if batch_size < 0:
-        raise UserError(f"--CLoM_batch_size must be >= 0 (0 = all real images), got {batch_size}")
-    real = _as_real_set(real_images, real_labels)
+    `real`: the target's training images in `target_space` (e.g. a utils.data ImageSet) on `device`.
+    """
+    check_clom_options(options)
+    alphas = resolve_alphas(options.alphas, list(options.models_pool))
     if len(real) == 0:
         raise UserError("CLoM needs real training images, but the data set is empty")
-    if int(real.labels.max()) >= target_num_classes or int(real.labels.min()) < 0:
-        raise UserError(f"real labels must lie in 0..{target_num_classes - 1}")
-    if distance in ("ce", "ce_plain") and feature != "embed":
-        raise UserError(f"CLoM feature {feature!r} applies only to --CLoM_distance cos")
-
-    pool = load_pool(source_dataset, list(models_pool), model_num, epoch, device, pool_root, weights)
-    _check_pool_fits(pool, distance, feature, target_num_classes)
-    first = real.images(torch.zeros(1, dtype=torch.long, device=real.labels.device))
-    target_space = InputSpace(
-        int(first.shape[1]),
-        (int(first.shape[2]), int(first.shape[3])),
-        bool(target_normalized),
-        tuple(float(v) for v in target_mean.tolist()),
-        tuple(float(v) for v in target_std.tolist()),
-    )
-    return ClomLoss(
-        pool,
-        alphas,
-        distance,
-        feature,
-        real,
-        batch_size,
-        target_space,
-        target_num_classes,
-        device,
-        seed,
-        cache_budget_bytes,
-        source_dataset,
-    )
-
-
-def _as_real_set(real_images, real_labels) -> _RealSet:
-    if isinstance(real_images, torch.Tensor):
-        if real_images.dim() != 4 or real_labels is None or len(real_labels) != len(real_images):
-            raise UserError("CLoM real images must be (N, C, H, W) with N labels")
-        return _RealSet(real_images, real_labels.to(real_images.device, torch.long))
-    labels = real_images.labels if real_labels is None else real_labels  # an ImageSet-like object
-    return _RealSet(real_images, labels.long())
+    labels = real.labels
+    if int(labels.max()) >= real.num_classes or int(labels.min()) < 0:
+        raise UserError(f"real labels must lie in 0..{real.num_classes - 1}")
+    pool = load_pool(options.source_dataset, list(options.models_pool), options.model_num, options.epoch, device,
+                     options.pool_root, options.weights)
+    _check_pool_fits(pool, options.distance, options.feature, real.num_classes)
+    return ClomLoss(pool, alphas, options, real, target_space, device, seed)
 
 
 def _check_pool_fits(pool: list[PoolArch], distance: str, feature: str, target_num_classes: int) -> None:

@@ -3,6 +3,7 @@
 from networks import classic, convnet, resnet  # noqa: F401  (imported for their @register side effects)
 from networks.registry import (
     UnknownNetworkError,
+    batchnorm_layers,
     build_network,
     has_batchnorm,
     list_networks,
@@ -12,6 +13,7 @@ from networks.registry import (
 
 __all__ = [
     "UnknownNetworkError",
+    "batchnorm_layers",
     "build_network",
     "has_batchnorm",
     "list_networks",

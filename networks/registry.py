@@ -42,8 +42,12 @@ def build_network(name: str, channel: int, num_classes: int, im_size: int | Sequ
     return _BUILDERS[name](int(channel), int(num_classes), _as_height_width(im_size))
 
 
+def batchnorm_layers(model: nn.Module):
+    return (m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm))
+
+
 def has_batchnorm(model: nn.Module) -> bool:
-    return any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules())
+    return any(True for _ in batchnorm_layers(model))
 
 
 def supports_stacking(model: nn.Module) -> bool:

@@ -6,15 +6,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.clom import (
-    build_clom_loss,
-    ce_class_sum,
-    class_sums,
-    clom_direct,
-    cos_class_sum,
-    parse_weight_map,
-)
+from methods.clom import ClomOptions, build_clom_loss, ce_class_sum, class_sums, cos_class_sum
+from methods.DC_DSA_DM.flags import parse_weight_map
+from methods.reference import clom_direct
 from networks import build_network
+from utils.engine import TensorSource
 from utils.io import POOL_INFO_NAME, pool_checkpoint_path
 from utils.misc import UserError
 from utils.pools import InputSpace, load_pool, make_input_adapter
@@ -52,45 +48,23 @@ def cifar_like(n, num_classes=10, seed=0):
     return torch.randn(n, 3, 32, 32, generator=gen), torch.arange(n) % num_classes
 
 
-def clom(
-    root,
-    distance="cos",
-    batch_size=0,
-    pool=("ConvNetW32",),
-    source="CIFAR10",
-    images=None,
-    labels=None,
-    num_classes=10,
-    **extra,
-):
+def clom(root, distance="cos", batch_size=0, pool=("ConvNetW32",), source="CIFAR10", images=None, labels=None,
+         num_classes=10, alphas=(2.0,), **options):
+    """build_clom_loss on CIFAR-like real images (a tensor pair, or an ImageSource given as `images`)."""
     if images is None:
         images, labels = cifar_like(60, num_classes)
-    kwargs = dict(
-        distance=distance,
-        alphas=[2.0],
-        models_pool=list(pool),
-        model_num=1,
-        epoch=1,
-        source_dataset=source,
-        batch_size=batch_size,
-        feature="embed",
-        real_images=images,
-        real_labels=labels,
-        target_mean=torch.tensor(CIFAR_MEAN),
-        target_std=torch.tensor(CIFAR_STD),
-        target_normalized=True,
-        target_num_classes=num_classes,
-        device="cpu",
-        seed=3,
-        pool_root=str(root),
-    )
-    kwargs.update(extra)
-    return build_clom_loss(**kwargs)
+    real = images if labels is None else TensorSource(images, labels, num_classes)
+    settings = ClomOptions(distance=distance, alphas=None if alphas is None else list(alphas), models_pool=list(pool),
+                           epoch=1, source_dataset=source, batch_size=batch_size, pool_root=str(root), **options)
+    space = InputSpace(3, (32, 32), True, CIFAR_MEAN, CIFAR_STD)
+    return build_clom_loss(settings, real, space, "cpu", seed=3)
 
 
 class LazyImages:
-    def __init__(self, images, labels):
-        self._images, self.labels = images, labels
+    """An ImageSet-like source: images only through images(idx)."""
+
+    def __init__(self, images, labels, num_classes=10):
+        self._images, self.labels, self.num_classes = images, labels, num_classes
 
     def images(self, idx=None):
         return self._images if idx is None else self._images[idx]
@@ -176,7 +150,7 @@ def test_batch_draw_is_reproducible_and_cache_equals_on_the_fly(cifar_pool):
     cached = clom(cifar_pool, "cos", 16, images=images, labels=labels)
     again = clom(cifar_pool, "cos", 16, images=images, labels=labels)
     lazy = LazyImages(images, labels)  # an ImageSet-like object instead of a tensor
-    on_the_fly = clom(cifar_pool, "cos", 16, images=lazy, labels=None, cache_budget_bytes=0)
+    on_the_fly = clom(cifar_pool, "cos", 16, images=lazy, labels=None, cache_gb=0)
     assert cached.cache_bytes > 0 and on_the_fly.cache_bytes == 0
     assert "cached" in cached.describe() and "computed per step" in on_the_fly.describe()
     for _ in range(3):
@@ -301,11 +275,13 @@ def test_foundation_model_without_weights_or_with_ce_is_refused(tmp_path):
 
 # ---------------------------------------------------------------- bad input
 def test_bad_input_is_one_clear_user_error(cifar_pool, tmp_path):
-    with pytest.raises(UserError, match="--alphas has 2 values"):
+    with pytest.raises(UserError, match="alphas has 2 values"):
         clom(cifar_pool, alphas=[1.0, 2.0])
-    with pytest.raises(UserError, match="--alphas"):
+    with pytest.raises(UserError, match="alphas"):
         clom(cifar_pool, alphas=None)
-    with pytest.raises(UserError, match="--models_pool"):
+    with pytest.raises(UserError, match="alphas must be finite"):
+        clom(cifar_pool, alphas=[float("nan")])
+    with pytest.raises(UserError, match="models_pool"):
         clom(cifar_pool, pool=())
     with pytest.raises(UserError) as missing:
         clom(tmp_path, source="SVHN")
@@ -316,7 +292,7 @@ def test_bad_input_is_one_clear_user_error(cifar_pool, tmp_path):
         clom(cifar_pool, "ce", source="CIFAR100")  # 100-class pool, 10-class target
     with pytest.raises(UserError, match="unknown pool architecture 'NoSuchNet'"):
         clom(cifar_pool, pool=["NoSuchNet"])
-    with pytest.raises(UserError, match="CLoM_distance"):
+    with pytest.raises(UserError, match="distance must be one of"):
         clom(cifar_pool, "euclid")
 
 

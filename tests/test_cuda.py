@@ -12,12 +12,20 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods.clom import ce_class_sum, class_sums, clom_direct, cos_class_sum
-from methods.DC_DSA_DM.distribution_matching import distribution_matching_loss, distribution_matching_loss_loop
-from methods.DC_DSA_DM.gradient_matching import gradient_matching_loss, gradient_matching_loss_loop, siamese_augment
+from methods.clom import ce_class_sum, class_sums, cos_class_sum
+from methods.DC_DSA_DM.distribution_matching import distribution_matching_loss
+from methods.DC_DSA_DM.gradient_matching import gradient_matching_loss
+from methods.reference import clom_direct, distribution_matching_loss_loop, gradient_matching_loss_loop
 from networks import build_network
 from utils import augment, engine
-from utils.augment import DEFAULT_DSA_STRATEGY, dc_augment, draw_dsa_params, dsa_augment, gather_params
+from utils.augment import (
+    DEFAULT_DSA_STRATEGY,
+    dc_augment,
+    draw_dsa_params,
+    dsa_augment,
+    gather_params,
+    siamese_augment,
+)
 from utils.engine import Schedule, TensorSource, build_seeded_network, evaluate_models, train_models
 from utils.misc import make_generator
 

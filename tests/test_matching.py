@@ -10,21 +10,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from methods.DC_DSA_DM.distribution_matching import (
-    distribution_matching_loss,
-    distribution_matching_loss_loop,
-)
+from methods.DC_DSA_DM.distribution_matching import distribution_matching_loss
 from methods.DC_DSA_DM.gradient_matching import (
     LOOPS,
     get_loops,
     gradient_matching_loss,
-    gradient_matching_loss_loop,
     match_distance,
     per_class_gradients,
-    siamese_augment,
 )
+from methods.reference import distribution_matching_loss_loop, gradient_matching_loss_loop
 from networks import build_network
-from utils.augment import DSAParams
+from utils.augment import DSAParams, siamese_augment
 from utils.misc import UserError, make_generator
 
 TOL = dict(rtol=1e-8, atol=1e-10)

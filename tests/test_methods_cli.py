@@ -10,10 +10,12 @@ import pytest
 import torch
 
 import validate
-from methods.DC_DSA_DM import distill
+from methods.DC_DSA_DM import config, flags, gradient_matching, run_state
 from methods.DC_DSA_DM import main as dc_cli
 from methods.DC_DSA_DM import main_DM as dm_cli
-from utils.misc import UserError, run_cli
+from utils.augment import DEFAULT_DSA_STRATEGY
+from utils.cli import run_cli
+from utils.misc import UserError, derive_seed
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--dataset", "Digits", "--batch_real", "16", "--epoch_eval_train", "2", "--random_seed", "0"]
@@ -48,7 +50,7 @@ def one_error_line(capsys) -> str:
 
 def check_layout(result: Path, ipc: int, eval_models: list[str], num_eval: int) -> dict:
     content = load(result)
-    assert set(content) >= {"data", "accs_all_exps", "normalized", "args", "seed"}
+    assert set(content) >= {"data", "accs_all_exps", "normalized", "config", "seed"}
     [[images, labels]] = content["data"]
     assert images.shape == (10 * ipc, 1, 8, 8) and images.dtype == torch.float32
     assert torch.isfinite(images).all()
@@ -152,7 +154,7 @@ def test_existing_result_is_never_overwritten(tmp_path, capsys):
 
 
 def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_set(tmp_path, monkeypatch, capsys):
-    real_loss = distill.gradient_matching_loss
+    real_loss = gradient_matching.gradient_matching_loss
     calls = []
 
     def loss_that_explodes(model, real, syn, *labels, **options):
@@ -160,7 +162,7 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_set(tmp_pa
         loss = real_loss(model, real, syn, *labels, **options)
         return loss if len(calls) == 1 else loss * float("nan")
 
-    monkeypatch.setattr(distill, "gradient_matching_loss", loss_that_explodes)
+    monkeypatch.setattr(gradient_matching, "gradient_matching_loss", loss_that_explodes)
     assert run(dc_cli, "--method", "DC", "--ipc", "1", "--Iteration", "5", "--num_eval", "0",
                "--save_path", "out") == 2
     line = one_error_line(capsys)
@@ -212,7 +214,7 @@ def test_clom_run_uses_the_paper_folder_names(tmp_path, distance):
     assert "CLoM" in (folder / "log_DC_Digits_ConvNet_1ipc.txt").read_text()
 
 
-def test_extra_loss_is_added_and_reseeded_from_seed_exp_iteration(monkeypatch):
+def test_clom_term_is_added_and_reseeded_from_seed_exp_iteration(monkeypatch):
     class RecordingLoss:
         def __init__(self):
             self.seeds, self.calls = [], 0
@@ -224,17 +226,18 @@ def test_extra_loss_is_added_and_reseeded_from_seed_exp_iteration(monkeypatch):
             self.calls += 1
             return image_syn.sum() * 0
 
-    extra = RecordingLoss()
-    monkeypatch.setattr(distill, "build_extra_loss", lambda *args: extra)
-    assert run(dm_cli, "--ipc", "1", "--Iteration", "3", "--num_eval", "0") == 0
-    assert extra.calls == 3
-    assert extra.seeds == [distill.derive_seed(0, "extra loss", 0, it) for it in range(3)]
+        def describe(self):
+            return "recording"
+
+    term = RecordingLoss()
+    monkeypatch.setattr(flags, "build_clom_loss", lambda *args: term)
+    assert run(dm_cli, "--ipc", "1", "--Iteration", "3", "--num_eval", "0", "--CLoM", "--models_pool", "ConvNet",
+               "--alphas", "1") == 0
+    assert term.calls == 3
+    assert term.seeds == [derive_seed(0, "extra loss", 0, it) for it in range(3)]
 
 
 def test_clom_run_resumes_exactly(tmp_path):
-    clom = pytest.importorskip("methods.clom")
-    if not hasattr(clom.ClomLoss, "reseed"):
-        pytest.skip("methods/clom.py: ClomLoss.reseed(seed) is needed for a bit-exact resume with --CLoM")
     _fake_pool(tmp_path)
     common = ["--method", "DC", "--ipc", "1", "--Iteration", "3", "--num_eval", "0", "--CLoM",
               "--CLoM_distance", "cos", "--models_pool", "ConvNet", "--alphas", "10", "--CLoM_batch_size", "64"]
@@ -243,13 +246,6 @@ def test_clom_run_resumes_exactly(tmp_path):
     assert run(dc_cli, *common, "--save_path", "resumed", "--resume") == 0
     sets = [load(next((tmp_path / folder).rglob("res_*.pt")))["data"][0][0] for folder in ("straight", "resumed")]
     assert torch.equal(*sets)
-
-
-def test_clom_unavailable_is_a_clear_error(monkeypatch, capsys):
-    monkeypatch.setitem(sys.modules, "methods.clom", None)  # makes `import methods.clom` fail
-    assert run(dc_cli, "--Iteration", "1", "--num_eval", "0", "--CLoM", "--models_pool", "ConvNet",
-               "--alphas", "1") == 2
-    assert "--CLoM is not available" in one_error_line(capsys)
 
 
 # ------------------------------------------------------------------------------------------------ pieces
@@ -270,42 +266,44 @@ def test_both_scripts_take_the_same_flags_with_the_papers_defaults():
                                                     "dsa_strategy": "color_crop_cutout_flip_scale_rotate"}
 
 
-def _config(**overrides) -> distill.DistillConfig:
-    flags = {**vars(dc_cli.get_args_parser().parse_args([])), **overrides}
-    return distill.DistillConfig.from_flags(flags)
+def _config(**overrides) -> config.DistillConfig:
+    args = dc_cli.get_args_parser().parse_args([])
+    for name, value in overrides.items():
+        setattr(args, name, value)
+    return flags.config_from_args(args)
 
 
 def test_eval_pools_schedule_and_augmentation_follow_the_paper():
-    assert distill.eval_model_pool("S", "ConvNetBN") == ["ConvNet"]
-    assert distill.eval_model_pool("S", "ResNet18BN_AP") == ["ResNet18"]
-    assert distill.eval_model_pool("SS", "ConvNetBN") == ["ConvNetBN"]
-    assert distill.eval_model_pool("W", "ConvNet") == ["ConvNetW32", "ConvNetW64", "ConvNetW128", "ConvNetW256"]
+    assert config.eval_model_pool("S", "ConvNetBN") == ["ConvNet"]
+    assert config.eval_model_pool("S", "ResNet18BN_AP") == ["ResNet18"]
+    assert config.eval_model_pool("SS", "ConvNetBN") == ["ConvNetBN"]
+    assert config.eval_model_pool("W", "ConvNet") == ["ConvNetW32", "ConvNetW64", "ConvNetW128", "ConvNetW256"]
     with pytest.raises(UserError):
-        distill.eval_model_pool("X", "ConvNet")
-    assert distill.evaluation_iterations(_config(Iteration=1200)) == {0, 500, 1000, 1200}
-    assert distill.evaluation_iterations(_config(Iteration=1200, eval_mode="M")) == {1200}
-    assert distill.evaluation_iterations(_config(method="DM", Iteration=4000)) == {0, 2000, 4000}
-    assert distill.eval_augmentation(_config(), "CIFAR10", "ConvNet") == (None, 300)
-    assert distill.eval_augmentation(_config(), "MNIST", "ConvNet")[1] == 1000
-    assert distill.eval_augmentation(_config(), "CIFAR10", "ConvNetBN")[1] == 1000
-    assert distill.eval_augmentation(_config(method="DSA"), "CIFAR10", "ConvNet")[1] == 1000
+        config.eval_model_pool("X", "ConvNet")
+    assert config.evaluation_iterations(_config(Iteration=1200)) == {0, 500, 1000, 1200}
+    assert config.evaluation_iterations(_config(Iteration=1200, eval_mode="M")) == {1200}
+    assert config.evaluation_iterations(_config(method="DM", Iteration=4000)) == {0, 2000, 4000}
+    assert config.eval_augmentation(_config(), "CIFAR10", "ConvNet") == (None, 300)
+    assert config.eval_augmentation(_config(), "MNIST", "ConvNet")[1] == 1000
+    assert config.eval_augmentation(_config(), "CIFAR10", "ConvNetBN")[1] == 1000
+    assert config.eval_augmentation(_config(method="DSA"), "CIFAR10", "ConvNet")[1] == 1000
     dm = _config(method="DM", epoch_eval_train=7, dsa_strategy="color_crop")
-    assert dm.augmentation == "color_crop" and distill.eval_augmentation(dm, "CIFAR10", "ConvNet")[1] == 7
+    assert dm.augmentation == "color_crop" and config.eval_augmentation(dm, "CIFAR10", "ConvNet")[1] == 7
     assert _config(method="DM", dsa_strategy="none").augmentation is None
-    assert _config(method="DSA").augmentation == distill.DEFAULT_DSA_STRATEGY
+    assert _config(method="DSA").augmentation == DEFAULT_DSA_STRATEGY
 
 
 def test_save_folder_mirrors_the_paper_code():
-    assert distill.save_folder(_config(ipc=10), "CIFAR10") == Path("condensed/CIFAR10/DC/IPC10/original_method")
-    assert distill.save_folder(_config(save_path="runs/a"), "CIFAR10") == Path("runs/a/original_method")
+    assert run_state.save_folder(_config(ipc=10), "CIFAR10") == Path("condensed/CIFAR10/DC/IPC10/original_method")
+    assert run_state.save_folder(_config(save_path="runs/a"), "CIFAR10") == Path("runs/a/original_method")
     clom = _config(ipc=10, CLoM=True, CLoM_distance="cos", models_pool=["ConvNet", "AlexNet"],
                    alphas=[1000.0, 10.0], source_dataset="CIFAR100", dataset="CIFAR10")
-    assert distill.save_folder(clom, "CIFAR10") == Path(
+    assert run_state.save_folder(clom, "CIFAR10") == Path(
         "condensed/CIFAR10/DC/IPC10/CLoM/cos_distance/CIFAR100->CIFAR10/MP['ConvNet', 'AlexNet']_Nm[1]_Epoch[150]"
         "/alphas['ConvNet', 'AlexNet']->[1000.0, 10.0]")
 
 
 def test_derived_seeds_are_stable_and_distinct():
-    assert distill.derive_seed(0, "network", 0, 1) == distill.derive_seed(0, "network", 0, 1)
-    seeds = {distill.derive_seed(s, "network", e, i) for s in (0, 1) for e in (0, 1) for i in range(50)}
+    assert derive_seed(0, "network", 0, 1) == derive_seed(0, "network", 0, 1)
+    seeds = {derive_seed(s, "network", e, i) for s in (0, 1) for e in (0, 1) for i in range(50)}
     assert len(seeds) == 200 and all(0 <= s < 2**63 for s in seeds)

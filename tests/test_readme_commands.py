@@ -14,7 +14,7 @@ from test_data import write_cifar10, write_cifar100
 import train_original_models
 import validate
 from methods.DC_DSA_DM import main as dc_main
-from utils.misc import run_cli
+from utils.cli import run_cli
 
 TRAIN = "python train_original_models.py --normalize_data --dataset CIFAR10 --model ConvNet --num 10"
 CLOM_CE = ("python methods/DC_DSA_DM/main.py --method DC --dataset CIFAR10 --model ConvNet --ipc 10 --CLoM "

@@ -12,8 +12,8 @@ import torch
 
 import train_original_models
 import validate
+from utils.cli import run_cli
 from utils.data import load_dataset
-from utils.misc import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 

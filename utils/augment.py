@@ -25,6 +25,7 @@ import torch.nn.functional as F
 from utils.misc import UserError
 
 Params = dict[str, torch.Tensor]
+Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (images, generator) -> augmented images
 
 _IDENTITY_STRATEGIES = ("", "none", "None")
 
@@ -34,9 +35,14 @@ _IDENTITY_STRATEGIES = ("", "none", "None")
 # ----------------------------------------------------------------------------------------------------------
 
 
+def is_identity(strategy: str | None) -> bool:
+    """None, '', 'none' and 'None' all mean: no augmentation."""
+    return strategy is None or strategy.strip() in _IDENTITY_STRATEGIES
+
+
 def parse_strategy(strategy: str | None, known: Sequence[str], family: str = "augmentation") -> list[str]:
     """'color_crop_flip' -> ['color', 'crop', 'flip']; 'none' / 'None' / '' / None -> [] (identity)."""
-    if strategy is None or strategy.strip() in _IDENTITY_STRATEGIES:
+    if is_identity(strategy):
         return []
     parts = [part for part in strategy.strip().split("_") if part]
     unknown = [part for part in parts if part not in known]
@@ -290,6 +296,29 @@ def dsa_augment(
     return x.contiguous()
 
 
+def siamese_augment(real: torch.Tensor, syn: torch.Tensor, strategy: str | None, generator: torch.Generator,
+                    params: DSAParams = DSAParams()) -> tuple[torch.Tensor, torch.Tensor]:
+    """DSA on class-major real (C, n, ...) and synthetic (C, ipc, ...) images in one call; group = class,
+    so the real and synthetic images of a class get the identical transform (the paper's shared seed),
+    and every class its own."""
+    num_classes, n = real.shape[:2]
+    both = torch.cat([real, syn], dim=1)  # (C, n + ipc, ch, H, W)
+    groups = torch.arange(num_classes, device=real.device).repeat_interleave(both.shape[1])
+    out = dsa_augment(both.flatten(0, 1), strategy, generator, groups=groups, params=params,
+                      num_groups=num_classes)
+    out = out.reshape(both.shape)
+    return out[:, :n], out[:, n:]
+
+
+def dsa_augmenter(strategy: str | None) -> Augment | None:
+    """`augment(x, generator)` applying DSA with `strategy` (each image its own parameters); None for no
+    augmentation. Unknown ops are refused here, before any training starts."""
+    parse_strategy(strategy, tuple(DSA_OPS), "DSA")
+    if is_identity(strategy):
+        return None
+    return lambda x, generator: dsa_augment(x, strategy, generator)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # DC augmentation (evaluation without DSA)
 # ----------------------------------------------------------------------------------------------------------
@@ -402,6 +431,14 @@ def dc_augment(
         drawn = draw_dc_params(op, n, x.shape, generator, x.device, crop, scale, rotate, noise)
         out = torch.where((choice == k).view(-1, 1, 1, 1), DC_OPS[op](x, drawn), out)
     return out
+
+
+def dc_augmenter(strategy: str | None) -> Augment | None:
+    """`augment(x, generator)` applying DC augmentation with `strategy`; None for no augmentation."""
+    parse_strategy(strategy, tuple(DC_OPS), "DC augmentation")
+    if is_identity(strategy):
+        return None
+    return lambda x, generator: dc_augment(x, strategy, generator)
 
 
 def dc_aug_strategy(dataset: str, model_name: str) -> str:

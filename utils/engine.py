@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -22,17 +23,36 @@ from torch.func import functional_call, stack_module_state, vmap
 from tqdm import tqdm
 
 from networks import build_network, supports_stacking
+from utils.augment import Augment
 from utils.distributed import DistInfo, gather_objects, split_range
 from utils.misc import make_generator, progress_disabled
 
-Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]
+
+class ImageSource(Protocol):
+    """Labelled images on one device: a loaded data split (utils.data.ImageSet) or a TensorSource."""
+
+    labels: torch.Tensor  # (N,) long
+    num_classes: int
+
+    def __len__(self) -> int: ...
+
+    def images(self, idx: torch.Tensor | None = None) -> torch.Tensor:
+        """float32 (n, C, H, W) network inputs; idx None = all."""
+        ...
 
 
 class TensorSource:
-    """A (images, labels) pair with the same `images(idx)` / `labels` interface as a loaded data split."""
+    """An (images, labels) pair as an ImageSource, e.g. a synthetic set."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor):
-        self._images, self.labels = images, labels
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, num_classes: int | None = None):
+        self._images, self.labels, self._num_classes = images, labels, num_classes
+
+    @property
+    def num_classes(self) -> int:
+        """As given, else the largest label + 1 (read from the device only when asked)."""
+        if self._num_classes is None:
+            self._num_classes = int(self.labels.max()) + 1
+        return self._num_classes
 
     def __len__(self) -> int:
         return self.labels.shape[0]

@@ -49,6 +49,17 @@ def atomic_bytes_save(data: bytes, path: str | os.PathLike, overwrite: bool = Fa
     return _atomic_write(path, lambda handle: handle.write(data), overwrite)
 
 
+def first_free_path(path: str | os.PathLike) -> Path:
+    """`path` if nothing is there, else the first free `<stem>_<k><suffix>` beside it (k = 1, 2, ...)."""
+    path = Path(path)
+    k = 0
+    candidate = path
+    while candidate.exists():
+        k += 1
+        candidate = path.with_name(f"{path.stem}_{k}{path.suffix}")
+    return candidate
+
+
 def ensure_dir(path: str | os.PathLike) -> Path:
     """mkdir -p, with one clear line when part of the path is a file."""
     path = Path(path)

@@ -1,7 +1,8 @@
-"""Small shared helpers: the user-facing error type, seeding, device choice, logging."""
+"""Small shared helpers: the user-facing error types, seeding, device choice, logging."""
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import random
@@ -14,6 +15,15 @@ import torch
 
 class UserError(Exception):
     """Bad input from the user. Scripts print its message as one line and exit non-zero."""
+
+
+class SettingError(UserError):
+    """A bad value of one named setting. Library code names the setting (e.g. 'ipc'); a script that knows
+    which command-line flag sets it re-raises the message with the flag's name."""
+
+    def __init__(self, setting: str, problem: str):
+        super().__init__(f"{setting} {problem}")
+        self.setting, self.problem = setting, problem
 
 
 def resolve_seed(seed: int | None) -> int:
@@ -35,6 +45,12 @@ def make_generator(seed: int, device: torch.device | str = "cpu") -> torch.Gener
     gen = torch.Generator(device=device)
     gen.manual_seed(int(seed))
     return gen
+
+
+def derive_seed(seed: int, *parts) -> int:
+    """A 63-bit seed that depends only on (seed, *parts): independent streams per use, no RNG history."""
+    digest = hashlib.blake2b(repr((int(seed), *parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
 
 
 def resolve_device(gpu: str | int | None = 0) -> torch.device:
@@ -83,29 +99,9 @@ def progress_disabled() -> bool:
     return not sys.stderr.isatty()
 
 
-def run_cli(main, argv=None) -> int:
-    """Run a script's main(argv); bad input becomes one line on stderr and exit status 2, never a traceback."""
-    from networks.registry import UnknownNetworkError  # networks never imports utils, so no cycle
-
-    try:
-        main(argv)
-    except (UserError, UnknownNetworkError) as err:
-        sys.stderr.write(f"error: {err}\n")  # the CLI's one line for bad input
-        return 2
-    except KeyboardInterrupt:
-        sys.stderr.write("interrupted: results saved so far are kept\n")
-        return 130
-    return 0
-
-
 def parse_int_list(text: str, what: str) -> list[int]:
     """'50,100' -> [50, 100]; '' -> []."""
     try:
         return [int(part) for part in str(text).replace(" ", "").split(",") if part != ""]
     except ValueError:
         raise UserError(f"{what} must be comma-separated whole numbers such as '50,100', got {text!r}") from None
-
-
-def check_positive(value, what: str, allow_zero: bool = False) -> None:
-    if value < 0 or (value == 0 and not allow_zero):
-        raise UserError(f"{what} must be {'>= 0' if allow_zero else '>= 1'}, got {value}")

@@ -33,6 +33,13 @@ class InputSpace:
     mean: tuple[float, ...] = ()
     std: tuple[float, ...] = ()
 
+    @classmethod
+    def of(cls, images) -> InputSpace:
+        """The space of a loaded split (utils.data.ImageSet): its shape and normalization."""
+        channel, height, width = images.image_shape
+        return cls(int(channel), (int(height), int(width)), bool(images.normalized),
+                   tuple(float(v) for v in images.mean.tolist()), tuple(float(v) for v in images.std.tolist()))
+
     def same_pixel_scale(self, other: InputSpace) -> bool:
         if self.normalized != other.normalized:
             return False
@@ -112,31 +119,6 @@ class PoolArch:
     architecture: str
     members: list[PoolMember]
     foundation: bool = False
-
-    @property
-    def models(self) -> list[nn.Module]:
-        return [member.model for member in self.members]
-
-    @property
-    def infos(self) -> list[dict | None]:
-        return [member.info for member in self.members]
-
-
-def resolve_alphas(alphas: list[float] | None, architectures: list[str]) -> list[float]:
-    """One alpha per architecture, or one for all."""
-    if not alphas:
-        raise UserError(
-            "--CLoM needs --alphas: one weight per --models_pool architecture, or one for all "
-            "(e.g. --alphas 1000)"
-        )
-    if len(alphas) == 1:
-        return [float(alphas[0])] * len(architectures)
-    if len(alphas) != len(architectures):
-        raise UserError(
-            f"--alphas has {len(alphas)} values but --models_pool has {len(architectures)} "
-            f"architectures ({' '.join(architectures)}): give one per architecture, or one for all"
-        )
-    return [float(a) for a in alphas]
 
 
 def load_pool(

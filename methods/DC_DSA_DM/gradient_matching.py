@@ -1,39 +1,46 @@
-"""Gradient matching (DC / DSA), batched over classes.
+"""Gradient matching (DC / DSA), batched over classes: the loss and the whole iteration.
 
 One outer step of DC matches, for every class c, the gradient of the CE loss on a real batch of c with the
 gradient on the synthetic images of c, w.r.t. every parameter of a random network:
 
     L = sum_c d( dCE(syn_c)/dtheta , dCE(real_c)/dtheta )
 
-The paper computes this with a Python loop of 2C backward passes (`gradient_matching_loss_loop`, kept as the
-reference). Here the C per-class gradients come from ONE call: `vmap(grad(loss))` over the class dim, with the
-network applied through `torch.func.functional_call`. vmap folds the class dim into the batch dim of the
-forward and input-gradient convs / matmuls, and turns the per-class weight gradients into one grouped conv:
-one batch of C*n images instead of C batches of n. The win is on GPUs, where small per-class batches leave
-the device idle. On a CPU the loop is as fast or faster: both do the same FLOPs, and vmap adds unfused
-passes (e.g. the GroupNorm affine and its weight gradient) over C-times-larger tensors.
+The paper computes this with a Python loop of 2C backward passes (methods/reference.py keeps it). Here the C
+per-class gradients come from ONE call: `vmap(grad(loss))` over the class dim, with the network applied
+through `torch.func.functional_call`. vmap folds the class dim into the batch dim of the forward and
+input-gradient convs / matmuls, and turns the per-class weight gradients into one grouped conv: one batch of
+C*n images instead of C batches of n. That fills a GPU that small per-class batches leave idle; on a CPU the
+two do the same FLOPs (README, *Benchmarks*).
 
-Memory: everything lives at once. The real side is a forward + backward of C*batch_real images (measured
-on CPU, ConvNet 3x32x32: about 4.5 MB per real image, against 0.5 GB in all for the loop, which frees each
-class's graph), so CIFAR-10 at batch_real 256 needs about 12 GB; the synthetic side keeps the
-double-backward graph of C*ipc images. For many classes (CIFAR-100 and up) pass `chunk_size` (classes per
-vmap chunk): same result, peak memory divided by about C / chunk_size.
+Memory: everything lives at once: the real side is a forward + backward of C*batch_real images, the synthetic
+side keeps the double-backward graph of C*ipc images. `chunk_size` (classes per vmap chunk) bounds the peak
+for many classes: same result, peak memory divided by about C / chunk_size.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.func import functional_call, grad, vmap
 
-from utils.augment import DSAParams, dsa_augment
+from methods.DC_DSA_DM.synset import RealSampler, class_labels, per_class
+from networks import batchnorm_layers, has_batchnorm
+from utils.augment import dsa_augmenter, siamese_augment
+from utils.engine import Schedule, TensorSource, train_models
 from utils.misc import UserError
 
 # The paper's (outer_loop, inner_loop) per ipc.
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}
 METRICS = ("ours", "mse", "cos")
 EPS = 1e-6  # the paper's 0.000001 in every cosine denominator
+# Classes whose gradients are computed in one vmap call hold about this many real images together: the
+# batched call's memory grows with it (~4.5 MB per 3x32x32 image for ConvNet), the result does not change.
+MATCH_CHUNK_REAL_IMAGES = 2560
+BN_BATCH_PER_CLASS = 16  # real images per class that set a BatchNorm network's running statistics
 
 
 def get_loops(ipc: int) -> tuple[int, int]:
@@ -60,31 +67,12 @@ def get_loops(ipc: int) -> tuple[int, int]:
     return min(ipc, 50), max(1, int(inner + 0.5))
 
 
-def class_labels(num_classes: int, per_class: int, device) -> Tensor:
-    """(C, n) labels [[0]*n, [1]*n, ...]: class-major blocks."""
-    return torch.arange(num_classes, device=device).view(-1, 1).expand(num_classes, per_class)
-
-
-def siamese_augment(real: Tensor, syn: Tensor, strategy: str | None, generator: torch.Generator,
-                    params: DSAParams | None = None) -> tuple[Tensor, Tensor]:
-    """DSA on real (C, n, ...) and syn (C, ipc, ...) in one call; group = class id, so the real and synthetic
-    images of a class get the identical transform (the paper's shared seed), and every class its own."""
-    C, n = real.shape[:2]
-    both = torch.cat([real, syn], dim=1)  # (C, n + ipc, ch, H, W)
-    groups = torch.arange(C, device=real.device).repeat_interleave(both.shape[1])
-    out = dsa_augment(both.flatten(0, 1), strategy, generator, groups=groups, params=params or DSAParams(),
-                      num_groups=C)
-    out = out.reshape(both.shape)
-    return out[:, :n], out[:, n:]
-
-
 def _check_batchnorm_frozen(model: nn.Module) -> None:
     # Training-mode BatchNorm mixes the samples of a batch and writes its running stats in place; neither is
     # a per-class function vmap can batch. The paper sets BN to eval mode before matching, and so must we.
-    for name, m in model.named_modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training:
-            raise ValueError(f"BatchNorm layer {name!r} is in training mode; per-class gradients need BN in "
-                             f"eval mode (running statistics frozen), as in the paper's DC loop")
+    if any(layer.training for layer in batchnorm_layers(model)):
+        raise ValueError("a BatchNorm layer is in training mode; per-class gradients need BN in eval mode "
+                         "(running statistics frozen), as in the paper's DC loop")
 
 
 def per_class_gradients(model: nn.Module, images: Tensor, labels: Tensor, create_graph: bool,
@@ -161,34 +149,65 @@ def gradient_matching_loss(model: nn.Module, real: Tensor, syn: Tensor, labels_r
     return match_distance(gw_syn, gw_real, metric).sum()
 
 
-def gradient_matching_loss_loop(model: nn.Module, real: Tensor, syn: Tensor, metric: str = "ours") -> Tensor:
-    """The paper's algorithm, one class at a time with torch.autograd.grad: the reference and the baseline."""
-    params = list(model.parameters())
-    loss = real.new_zeros(())
-    for c in range(real.shape[0]):
-        lab_real = torch.full((real.shape[1],), c, dtype=torch.long, device=real.device)
-        lab_syn = torch.full((syn.shape[1],), c, dtype=torch.long, device=syn.device)
-        gw_real = torch.autograd.grad(F.cross_entropy(model(real[c]), lab_real), params)
-        gw_real = [g.detach() for g in gw_real]
-        gw_syn = torch.autograd.grad(F.cross_entropy(model(syn[c]), lab_syn), params, create_graph=True)
-        loss = loss + _paper_distance(gw_syn, gw_real, metric)
-    return loss
+# ---------------------------------------------------------------- one DC / DSA iteration
+@dataclass(frozen=True)
+class MatchingSettings:
+    ipc: int
+    batch_real: int  # real images per class per outer step
+    batch_train: int  # inner-loop batch size
+    lr_net: float  # inner-loop learning rate
+    metric: str  # ours | mse | cos
+    augmentation: str | None  # DSA strategy (Siamese on real and synthetic images), None for DC
+    classes: slice  # the classes whose matching loss this process computes (all of them in one process)
 
 
-def _paper_distance(gw_syn, gw_real, metric: str) -> Tensor:
-    """The paper's match_loss for one class (unbatched), written independently of match_distance."""
-    if metric == "ours":
-        dis = gw_real[0].new_zeros(())
-        for gs, gr in zip(gw_syn, gw_real):
-            if gr.dim() == 1:
-                continue
-            gs, gr = gs.reshape(gs.shape[0], -1), gr.reshape(gr.shape[0], -1)
-            dis = dis + torch.sum(1 - torch.sum(gr * gs, -1) / (gr.norm(dim=-1) * gs.norm(dim=-1) + EPS))
-        return dis
-    gs = torch.cat([g.reshape(-1) for g in gw_syn])
-    gr = torch.cat([g.reshape(-1) for g in gw_real])
-    if metric == "mse":
-        return torch.sum((gs - gr) ** 2)
-    if metric == "cos":
-        return 1 - torch.sum(gr * gs) / (gr.norm() * gs.norm() + EPS)
-    raise UserError(f"unknown distance metric {metric!r}; known: {'|'.join(METRICS)}")
+def gradient_matching_iteration(make_network: Callable[[], nn.Module], sample_real: RealSampler,
+                                image_syn: Tensor, generator: torch.Generator,
+                                step_images: Callable[[Tensor], float], settings: MatchingSettings) -> float:
+    """One DC / DSA iteration: a fresh random network; outer_loop times match the per-class gradients of
+    real and synthetic images and step the images (`step_images(loss)` adds CLoM and takes the SGD step),
+    then train the network inner_loop epochs on the synthetic set. Returns the mean loss per class and step.
+
+    image_syn: (C*ipc, ch, H, W), class-major, requires grad. Every draw comes from `generator`.
+    """
+    outer_loop, inner_loop = get_loops(settings.ipc)
+    net = make_network()
+    net.train()
+    num_classes = image_syn.shape[0] // settings.ipc
+    labels = class_labels(num_classes, settings.ipc, image_syn.device).reshape(-1)
+    inner_schedule = Schedule(epochs=inner_loop, batch_size=settings.batch_train, lr=settings.lr_net,
+                              momentum=0.0, weight_decay=0.0)
+    inner_augment = dsa_augmenter(settings.augmentation)
+    mine = settings.classes
+    total = 0.0
+    for step in range(outer_loop):
+        if has_batchnorm(net):
+            freeze_batchnorm_statistics(net, sample_real(BN_BATCH_PER_CLASS, generator).flatten(0, 1))
+        real = sample_real(settings.batch_real, generator)
+        syn = per_class(image_syn, num_classes)
+        if settings.augmentation is not None:
+            real, syn = siamese_augment(real, syn, settings.augmentation, generator)
+        # Every process draws the same batches; each matches only its own classes (BN layers are frozen,
+        # so the classes are independent) and step_images sums the images' gradients.
+        loss = image_syn.new_zeros(())
+        if mine.stop > mine.start:
+            classes = torch.arange(mine.start, mine.stop, device=image_syn.device)[:, None]
+            loss = gradient_matching_loss(net, real[mine], syn[mine], classes.expand(-1, real.shape[1]),
+                                          classes.expand(-1, syn.shape[1]), metric=settings.metric,
+                                          chunk_size=max(1, MATCH_CHUNK_REAL_IMAGES // real.shape[1]))
+        total += step_images(loss)
+        if step == outer_loop - 1:
+            break
+        train_models([net], TensorSource(image_syn.detach(), labels), inner_schedule, [generator],
+                     augment=inner_augment)
+    return total / (num_classes * outer_loop)
+
+
+def freeze_batchnorm_statistics(net: nn.Module, real_images: Tensor) -> None:
+    """The paper's trick: a synthetic batch is too small for BatchNorm statistics, so set the running
+    statistics from a real batch (train-mode forward) and then fix them (BN layers in eval mode)."""
+    net.train()
+    with torch.no_grad():
+        net(real_images)
+    for layer in batchnorm_layers(net):
+        layer.eval()

@@ -13,23 +13,27 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, from any folder
 
-from methods.DC_DSA_DM import cli, distill
-from utils.misc import run_cli
+from methods.DC_DSA_DM import flags
+from utils.augment import DEFAULT_DSA_STRATEGY
+from utils.cli import run_cli
 
 DEFAULTS = {
     "method": "DC", "method_help": "DC | DSA", "ipc": 1, "eval_mode": "S", "epoch_eval_train": 300,
     "epoch_eval_train_help": "evaluation epochs without augmentation (with DSA or DC augmentation: 1000)",
     "Iteration": 1000, "lr_img": 0.1, "init": "noise", "dsa_strategy": None,
-    "dsa_strategy_help": f"DSA augmentation (with --method DSA; default {distill.DEFAULT_DSA_STRATEGY})",
+    "dsa_strategy_help": f"DSA augmentation (with --method DSA; default {DEFAULT_DSA_STRATEGY})",
 }
 
 
+DESCRIPTION = "DC / DSA dataset distillation (+ optional CLoM)."
+
+
 def get_args_parser():
-    return cli.get_args_parser("DC / DSA dataset distillation (+ optional CLoM).", DEFAULTS)
+    return flags.get_args_parser(DESCRIPTION, DEFAULTS)
 
 
 def main(argv=None):
-    return cli.run_from_args(get_args_parser().parse_args(argv), ("DC", "DSA"), "main_DM.py for DM")
+    return flags.main(argv, DESCRIPTION, DEFAULTS, ("DC", "DSA"), "main_DM.py for DM")
 
 
 if __name__ == "__main__":

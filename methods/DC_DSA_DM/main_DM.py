@@ -14,23 +14,27 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository root, from any folder
 
-from methods.DC_DSA_DM import cli, distill
-from utils.misc import run_cli
+from methods.DC_DSA_DM import flags
+from utils.augment import DEFAULT_DSA_STRATEGY
+from utils.cli import run_cli
 
 DEFAULTS = {
     "method": "DM", "method_help": "DM (DC and DSA: main.py)", "ipc": 50, "eval_mode": "SS",
     "epoch_eval_train": 1000, "epoch_eval_train_help": "epochs of each evaluation", "Iteration": 20000,
-    "lr_img": 1.0, "init": "real", "dsa_strategy": distill.DEFAULT_DSA_STRATEGY,
+    "lr_img": 1.0, "init": "real", "dsa_strategy": DEFAULT_DSA_STRATEGY,
     "dsa_strategy_help": "Siamese augmentation of real and synthetic images ('none': off)",
 }
 
 
+DESCRIPTION = "DM dataset distillation (+ optional CLoM)."
+
+
 def get_args_parser():
-    return cli.get_args_parser("DM dataset distillation (+ optional CLoM).", DEFAULTS)
+    return flags.get_args_parser(DESCRIPTION, DEFAULTS)
 
 
 def main(argv=None):
-    return cli.run_from_args(get_args_parser().parse_args(argv), ("DM",), "main.py for DC and DSA")
+    return flags.main(argv, DESCRIPTION, DEFAULTS, ("DM",), "main.py for DC and DSA")
 
 
 if __name__ == "__main__":

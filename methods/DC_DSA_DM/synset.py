@@ -5,20 +5,23 @@ space, their labels [0]*ipc + [1]*ipc + ..., how they start (noise or real image
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import torch
 from torch import Tensor
 from torchvision.utils import save_image
 
 from utils.data import ImageSet
-from utils.misc import UserError
+from utils.misc import SettingError
 
 INITS = ("noise", "real")
+# (n, generator) -> (C, n, ch, H, W): n random real images of every class (ImageSet.sample_per_class).
+RealSampler = Callable[[int, torch.Generator], Tensor]
 
 
-def class_major_labels(num_classes: int, ipc: int, device: torch.device | str = "cpu") -> Tensor:
-    """[0, .., 0, 1, .., 1, ...]: ipc labels per class, class by class (the paper's order)."""
-    return torch.arange(num_classes, device=device).repeat_interleave(ipc)
+def class_labels(num_classes: int, per_class: int, device: torch.device | str = "cpu") -> Tensor:
+    """(C, n) labels [[0]*n, [1]*n, ...]; `.reshape(-1)` gives the flat class-major order of a set."""
+    return torch.arange(num_classes, device=device).view(-1, 1).expand(num_classes, per_class)
 
 
 def per_class(images: Tensor, num_classes: int) -> Tensor:
@@ -36,10 +39,10 @@ def initial_images(train: ImageSet, ipc: int, init: str, generator: torch.Genera
         counts = train.class_counts().tolist()
         short = [c for c, count in enumerate(counts) if count < ipc]
         if short:
-            raise UserError(f"--init real needs {ipc} real images per class, but class(es) {short} have only "
-                            f"{[counts[c] for c in short]}; use a smaller --ipc or --init noise")
+            raise SettingError("init", f"real needs {ipc} real images per class, but class(es) {short} have "
+                               f"only {[counts[c] for c in short]}; use a smaller ipc or noise")
         return train.sample_per_class(ipc, generator).flatten(0, 1).clone()
-    raise UserError(f"--init must be one of {'|'.join(INITS)}, got {init!r}")
+    raise SettingError("init", f"must be one of {'|'.join(INITS)}, got {init!r}")
 
 
 def visualization_png(images: Tensor, train: ImageSet, ipc: int) -> bytes:

@@ -1,0 +1,173 @@
+"""The command line of main.py (DC, DSA) and main_DM.py (DM): the paper's flags, mapped to a DistillConfig.
+
+This module alone knows flag names. It also does what a script does once per process before distilling:
+pick the device, start or resume the run (its seed), seed everything, set up logging, load the data set and
+build CLoM's loss.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+from methods.clom import ClomOptions, build_clom_loss
+from methods.DC_DSA_DM import distill
+from methods.DC_DSA_DM.config import DistillConfig, check_config, eval_model_pool
+from methods.DC_DSA_DM.run_state import RunFiles, RunStore, start_or_resume
+from networks.foundation import is_foundation_name
+from utils.cli import add_data_flags, fix_seed, start_process
+from utils.data import load_dataset
+from utils.misc import SettingError, UserError, derive_seed, setup_logging
+from utils.pools import InputSpace
+
+# Setting (DistillConfig / ClomOptions field) -> the flag that sets it, for error messages.
+FLAG_OF = {"iterations": "--Iteration", "seed": "--random_seed", "download": "--no_download",
+           "clom.distance": "--CLoM_distance", "clom.alphas": "--alphas", "clom.models_pool": "--models_pool",
+           "clom.model_num": "--model_num", "clom.epoch": "--epoch", "clom.source_dataset": "--source_dataset",
+           "clom.batch_size": "--CLoM_batch_size", "clom.feature": "--CLoM_feature",
+           "clom.cache_gb": "--CLoM_cache_gb", "clom.weights": "--CLoM_weights"}
+
+
+def flag_of(setting: str) -> str:
+    return FLAG_OF.get(setting, f"--{setting}")
+
+
+def get_args_parser(description: str, defaults: dict) -> argparse.ArgumentParser:
+    """The paper's flags; `defaults` holds what differs between main.py (DC/DSA) and main_DM.py (DM)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--method", default=defaults["method"], help=defaults["method_help"])
+    add_data_flags(parser)
+    parser.add_argument("--model", default="ConvNet")
+    parser.add_argument("--ipc", type=int, default=defaults["ipc"], help="images per class")
+    parser.add_argument("--eval_mode", default=defaults["eval_mode"],
+                        help="S | SS | M | B | W | D | A | P | N: architectures the set is evaluated on")
+    parser.add_argument("--num_exp", type=int, default=1, help="experiments (synthetic sets) to distill")
+    parser.add_argument("--num_eval", type=int, default=20, help="random networks trained per evaluation")
+    parser.add_argument("--epoch_eval_train", type=int, default=defaults["epoch_eval_train"],
+                        help=defaults["epoch_eval_train_help"])
+    parser.add_argument("--Iteration", type=int, default=defaults["Iteration"], help="distillation iterations")
+    parser.add_argument("--lr_img", type=float, default=defaults["lr_img"],
+                        help="learning rate of the synthetic images")
+    parser.add_argument("--lr_net", type=float, default=0.01, help="learning rate of the networks")
+    parser.add_argument("--batch_real", type=int, default=256, help="real images per class per step")
+    parser.add_argument("--batch_train", type=int, default=256, help="batch size when training networks")
+    parser.add_argument("--init", default=defaults["init"], help="noise | real: how the synthetic images start")
+    parser.add_argument("--dsa_strategy", default=defaults["dsa_strategy"], help=defaults["dsa_strategy_help"])
+    parser.add_argument("--save_path", default=None, help="output folder (default condensed/<dataset>/...)")
+    parser.add_argument("--dis_metric", default="ours", help="ours | mse | cos: gradient distance (DC/DSA)")
+    parser.add_argument("--gpu", default="0", help="CUDA card number, or 'cpu'")
+    _add_clom_flags(parser)
+    _add_run_flags(parser)
+    return parser
+
+
+def _add_clom_flags(parser: argparse.ArgumentParser) -> None:
+    clom = parser.add_argument_group("CLoM (contrastive loss of pre-trained models)")
+    clom.add_argument("--CLoM", action="store_true", help="add the CLoM loss")
+    clom.add_argument("--CLoM_distance", default="ce", help="ce | cos | ce_plain (the paper code's plain CE)")
+    clom.add_argument("--alphas", type=float, nargs="+", default=None,
+                      help="loss weight per pool architecture (or one for all)")
+    clom.add_argument("--models_pool", nargs="+", default=None, help="architectures of the pre-trained pool")
+    clom.add_argument("--model_num", type=int, default=1, help="pre-trained models per architecture")
+    clom.add_argument("--epoch", type=int, default=150, help="which saved epoch of the pool to load")
+    clom.add_argument("--source_dataset", default=None,
+                      help="data set the pool was trained on (default: --dataset)")
+    clom.add_argument("--CLoM_batch_size", type=int, default=256, help="real images per CLoM batch (0: all)")
+    clom.add_argument("--CLoM_feature", default="embed", help="embed | logits: features for the cos distance")
+    clom.add_argument("--CLoM_cache_gb", type=float, default=4.0,
+                      help="GiB of device memory for cached real features of the pool")
+    clom.add_argument("--CLoM_weights", nargs="*", default=None, metavar="NAME=PATH",
+                      help="local weight files of foundation models in the pool")
+
+
+def _add_run_flags(parser: argparse.ArgumentParser) -> None:
+    run = parser.add_argument_group("reproducibility and long runs")
+    run.add_argument("--random_seed", type=int, default=None,
+                     help="seed of every random draw (default: from the clock; logged and saved)")
+    run.add_argument("--checkpoint_every", type=int, default=100, help="iterations between checkpoints")
+    run.add_argument("--resume", action="store_true", help="continue from the checkpoint in the save folder")
+    run.add_argument("--stop_after", type=int, default=None, metavar="IT",
+                     help="stop after iteration IT (with a checkpoint); continue later with --resume")
+
+
+def parse_weight_map(entries: list[str] | None) -> dict[str, str]:
+    """['timm:resnet18=/path/w.pth', ...] -> {'timm:resnet18': '/path/w.pth'} (for --CLoM_weights)."""
+    mapping: dict[str, str] = {}
+    for entry in entries or []:
+        name, sep, path = str(entry).partition("=")
+        name, path = name.strip(), path.strip()
+        if not sep or not name or not path:
+            raise UserError(f"--CLoM_weights expects <pool model>=<file, folder or 'download'>, e.g. "
+                            f"timm:resnet18=/path/to/resnet18.safetensors; got {entry!r}")
+        if not is_foundation_name(name):
+            raise UserError(f"--CLoM_weights {entry!r}: only foundation models (timm:, open_clip:, torchvision:) "
+                            "take weights this way")
+        if name in mapping:
+            raise UserError(f"--CLoM_weights names {name!r} twice")
+        mapping[name] = path
+    return mapping
+
+
+def config_from_args(args: argparse.Namespace) -> DistillConfig:
+    """The flags as settings."""
+    clom = None
+    if args.CLoM:
+        clom = ClomOptions(distance=args.CLoM_distance, alphas=args.alphas, models_pool=args.models_pool,
+                           model_num=args.model_num, epoch=args.epoch,
+                           source_dataset=args.source_dataset or args.dataset, batch_size=args.CLoM_batch_size,
+                           feature=args.CLoM_feature, cache_gb=args.CLoM_cache_gb,
+                           weights=parse_weight_map(args.CLoM_weights))
+    return DistillConfig(
+        method=str(args.method).upper(), dataset=args.dataset, model=args.model, ipc=args.ipc,
+        eval_mode=str(args.eval_mode).upper(), num_exp=args.num_exp, num_eval=args.num_eval,
+        epoch_eval_train=args.epoch_eval_train, iterations=args.Iteration, lr_img=args.lr_img,
+        lr_net=args.lr_net, batch_real=args.batch_real, batch_train=args.batch_train, init=args.init,
+        dsa_strategy=args.dsa_strategy, dis_metric=args.dis_metric, data_path=args.data_path,
+        save_path=args.save_path, download=not args.no_download, checkpoint_every=args.checkpoint_every,
+        resume=args.resume, stop_after=args.stop_after, seed=args.random_seed, clom=clom)
+
+
+def main(argv, description: str, defaults: dict, methods: tuple[str, ...], other_script: str) -> Path | None:
+    """A DC/DSA or DM script: parse and check the flags, start or resume the run, distill."""
+    args = get_args_parser(description, defaults).parse_args(argv)
+    if str(args.method).upper() not in methods:
+        raise UserError(f"this script runs {' or '.join(methods)}, got --method {args.method!r} "
+                        f"(use {other_script})")
+    try:
+        return _distill(args)
+    except SettingError as err:  # the library names the setting; the user knows the flag
+        raise UserError(f"{flag_of(err.setting)} {err.problem}") from None
+
+
+def _distill(args: argparse.Namespace) -> Path | None:
+    cfg = config_from_args(args)
+    check_config(cfg)
+    dist, device = start_process(args.gpu)
+    logger = setup_logging(None, quiet=not dist.is_main)
+    files = RunFiles.for_config(cfg)
+    started = start_or_resume(cfg, files)
+    if started is None:
+        logger.info("%s is complete (%d experiments); nothing to resume", files.result, cfg.num_exp)
+        return files.result
+    state, seed = started
+    seed = fix_seed(dist, seed)
+    data = load_dataset(cfg.dataset, cfg.data_path, device, normalize=True, download=cfg.download)
+    logger = setup_logging(files.log if dist.is_main else None, quiet=not dist.is_main)
+    store = RunStore(files, cfg, seed, writes=dist.is_main)
+    store.save_settings(vars(args))
+    _log_start(logger, cfg, data, state, seed, device, files)
+    clom = None if cfg.clom is None else build_clom_loss(
+        cfg.clom, data.train, InputSpace.of(data.train), device, derive_seed(seed, "extra loss"))
+    if clom is not None:
+        logger.info("CLoM: %s", clom.describe())
+    return distill.run(cfg, distill.Resources(data, device, dist, clom), store, state)
+
+
+def _log_start(logger: logging.Logger, cfg: DistillConfig, data, state, seed: int, device, files: RunFiles) -> None:
+    where = f"resuming at experiment {state.exp}, iteration {state.next_iteration}:" if state.resuming else "starting"
+    logger.info("%s %s on %s, ipc %d | seed %d | device %s | save folder %s", where, cfg.method, data.spec.name,
+                cfg.ipc, seed, device, files.folder)
+    logger.info("settings: %s", cfg)
+    logger.info("real images per class: %s | evaluation models: %s | DSA: %s", data.train.class_counts().tolist(),
+                eval_model_pool(cfg.eval_mode, cfg.model), cfg.augmentation)

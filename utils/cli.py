@@ -1,0 +1,86 @@
+"""What the command-line scripts share: flag groups, the start of a process, and the one-line error exit.
+
+Only scripts (and methods/DC_DSA_DM/flags.py, the DC/DSA/DM scripts' flag layer) import this module;
+library code takes explicit parameters and raises UserError.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import torch
+
+from utils import distributed
+from utils.distributed import DistInfo
+from utils.misc import UserError, resolve_seed, seed_everything
+
+
+def add_data_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--dataset", default="CIFAR10", help="data set name")
+    parser.add_argument("--data_path", default=None, help="folder of the data set files (default data/<dataset>)")
+    parser.add_argument("--no_download", action="store_true", help="never try to download a missing data set")
+
+
+def add_device_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--gpu", default="0", help="CUDA card number, or 'cpu'")
+    parser.add_argument("--multigpu", default=None,
+                        help="accepted for compatibility; one process uses one card. Use torchrun for several GPUs")
+
+
+def training_parser(description: str, *, epochs: int, weight_decay: float, save_every: int, save_every_help: str,
+                    lr_decay_step: str, seed_help: str) -> argparse.ArgumentParser:
+    """The flags train_original_models.py and validate.py share (with each script's defaults)."""
+    parser = argparse.ArgumentParser(description=description)
+    add_data_flags(parser)
+    parser.add_argument("--model", default="ConvNet", help="architecture name")
+    parser.add_argument("--random_seed", type=int, default=None, help=seed_help)
+    add_device_flags(parser)
+    parser.add_argument("--epochs", type=int, default=epochs)
+    parser.add_argument("--batch_size", type=int, default=256)
+    parser.add_argument("--lr", type=float, default=0.01)
+    parser.add_argument("--momentum", type=float, default=0.9)
+    parser.add_argument("--weight_decay", type=float, default=weight_decay)
+    parser.add_argument("--save_every", type=int, default=save_every, help=save_every_help)
+    parser.add_argument("--lr_decay_step", default=lr_decay_step,
+                        help="epochs after which lr is multiplied by 0.1 (comma-separated)")
+    parser.add_argument("--normalize_data", action="store_true",
+                        help="train and test on mean/std-normalized images (else [0,1] pixels)")
+    return parser
+
+
+def start_process(gpu: str) -> tuple[DistInfo, torch.device]:
+    """Join torchrun's process group (if any) and pick this process's device; let cuDNN pick its fastest
+    kernels once for the fixed shapes every step repeats."""
+    dist, device = distributed.init_with_device(gpu)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    return dist, device
+
+
+def fix_seed(dist: DistInfo, seed: int | None) -> int:
+    """The run's seed (the clock's when None; under torchrun every process takes rank 0's), applied to
+    python, numpy and torch once."""
+    seed = distributed.broadcast_int(dist, resolve_seed(seed))
+    seed_everything(seed)
+    return seed
+
+
+def check_at_least(value: int, flag: str, low: int) -> None:
+    if value < low:
+        raise UserError(f"{flag} must be >= {low}, got {value}")
+
+
+def run_cli(main, argv=None) -> int:
+    """Run a script's main(argv); bad input becomes one line on stderr and exit status 2, never a traceback."""
+    from networks.registry import UnknownNetworkError
+
+    try:
+        main(argv)
+    except (UserError, UnknownNetworkError) as err:
+        sys.stderr.write(f"error: {err}\n")  # the CLI's one line for bad input
+        return 2
+    except KeyboardInterrupt:
+        sys.stderr.write("interrupted: results saved so far are kept\n")
+        return 130
+    return 0
