@@ -77,9 +77,9 @@ def clom_direct(
     mask = (real_labels[:, None] == syn_labels[None, :]).to(syn_outputs.dtype)  # M[i, j] = [y_i == y_j]
     if distance == "ce":
         neg_log_p = -F.log_softmax(syn_outputs, dim=1)  # (|S|, C)
-        dist = neg_log_p[:, real_labels].T  # D[i, j] = -log p*(x_j)[y_i]
+        distance = neg_log_p[:, real_labels].T  # D[i, j] = -log p*(x_j)[y_i]
     elif distance == "cos":
-        dist = 1 - F.normalize(real_outputs, dim=1) @ F.normalize(syn_outputs, dim=1).T
+        distance = 1 - F.normalize(real_outputs, dim=1) @ F.normalize(syn_outputs, dim=1).T
     else:
         raise ValueError(f"clom_direct: distance must be 'ce' or 'cos', got {distance!r}")
-    return alpha * (dist * mask).sum() / dist.sum()
+    return alpha * (distance * mask).sum() / distance.sum()

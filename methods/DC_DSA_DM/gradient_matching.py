@@ -108,21 +108,21 @@ def match_distance(gw_syn: list[Tensor], gw_real: list[Tensor], metric: str) -> 
     if metric not in METRICS:
         raise UserError(f"unknown distance metric {metric!r}; known: {'|'.join(METRICS)}")
     C = gw_real[0].shape[0]
-    dist = gw_real[0].new_zeros(C)
+    distance = gw_real[0].new_zeros(C)
     if metric == "ours":
         for gs, gr in zip(gw_syn, gw_real):
             if gr.dim() <= 2:  # (C,) + a 1-D parameter
                 continue
             gs, gr = gs.flatten(2), gr.flatten(2)  # (C, out, rest)
             cos = (gs * gr).sum(-1) / (gr.norm(dim=-1) * gs.norm(dim=-1) + EPS)
-            dist = dist + (1 - cos).sum(-1)
-        return dist
+            distance = distance + (1 - cos).sum(-1)
+        return distance
     if metric == "mse":
         for gs, gr in zip(gw_syn, gw_real):
-            dist = dist + (gs - gr).pow(2).flatten(1).sum(1)
-        return dist
+            distance = distance + (gs - gr).pow(2).flatten(1).sum(1)
+        return distance
     # cos: the dot product and the norms of the concatenation are sums over the pieces (no concat needed)
-    dot, rr, ss = dist, dist, dist
+    dot, rr, ss = distance, distance, distance
     for gs, gr in zip(gw_syn, gw_real):
         gs, gr = gs.flatten(1), gr.flatten(1)
         dot, rr, ss = dot + (gs * gr).sum(1), rr + gr.pow(2).sum(1), ss + gs.pow(2).sum(1)
