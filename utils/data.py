@@ -37,10 +37,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from utils.misc import UserError, get_logger
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from networks.foundation import IMAGENET_MEAN, IMAGENET_STD
+from utils.misc import UserError, get_logger, one_line
 
 # A split larger than this as float32 is kept as uint8 on the device (4x smaller) and normalized per batch.
 FLOAT_STORAGE_LIMIT_BYTES = 1 << 30
@@ -109,14 +107,7 @@ def _reading(path: Path) -> Iterator[None]:
     except (_FormatError, MemoryError):
         raise
     except Exception as err:
-        raise _FormatError(f"cannot read {path}: {_one_line(err)}") from err
-
-
-def _one_line(err: BaseException | str) -> str:
-    text = " ".join(str(err).split())
-    if isinstance(err, BaseException):
-        text = f"{type(err).__name__}: {text}" if text else type(err).__name__
-    return text
+        raise _FormatError(f"cannot read {path}: {one_line(err)}") from err
 
 
 # --------------------------------------------------------------------------------------------------
@@ -864,7 +855,7 @@ def _download(spec: DatasetSpec, fmt: _Format, path: Path) -> Path | None:
             with contextlib.suppress(OSError):
                 path.rmdir()
         raise UserError(
-            f"{spec.name} not found in {path} and downloading it failed ({_one_line(err)}): expected "
+            f"{spec.name} not found in {path} and downloading it failed ({one_line(err)}): expected "
             f"{spec.expected_files} (download it yourself, or pass --data_path)"
         ) from err
     finally:

@@ -1,4 +1,4 @@
-"""Small shared helpers: the user-facing error type, seeding, device choice, logging."""
+"""Small shared helpers: the user-facing error type and its one-line messages, seeding, device choice, logging."""
 
 from __future__ import annotations
 
@@ -14,6 +14,14 @@ import torch
 
 class UserError(Exception):
     """Bad input from the user. Scripts print its message as one line and exit non-zero."""
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """An exception as one line for a user-facing message: `TypeName: message`, every run of whitespace
+    (newlines included) collapsed to one space, cut to `limit` characters."""
+    text = " ".join(str(err).split())
+    text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def resolve_seed(seed: int | None) -> int:
