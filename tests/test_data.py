@@ -1,4 +1,4 @@
-"""utils/data.py: every loader on tiny files written in the data set's real on-disk format, the
+"""utils/data/: every loader on tiny files written in the data set's real on-disk format, the
 device-resident ImageSet (sampling, batching, normalization), and the one-line errors."""
 
 from __future__ import annotations
@@ -16,8 +16,9 @@ import scipy.io
 import torch
 from PIL import Image
 
-import utils.data as data_module
+import utils.data.load as load_module
 from utils.data import ImageSet, dataset_names, default_data_path, get_dataset_spec, load_dataset
+from utils.data.image_folders import resize_and_center_crop
 from utils.misc import UserError, make_generator
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -318,10 +319,10 @@ def test_resize_and_center_crop_keeps_the_center():
     wide[:, :112] = (255, 0, 0)
     wide[:, 112:336] = (0, 255, 0)
     wide[:, 336:] = (0, 0, 255)
-    out = np.asarray(data_module._resize_and_center_crop(Image.fromarray(wide), 224))
+    out = np.asarray(resize_and_center_crop(Image.fromarray(wide), 224))
     assert out.shape == (224, 224, 3) and (out == (0, 255, 0)).all()
     tall = np.ascontiguousarray(wide.transpose(1, 0, 2))
-    out = np.asarray(data_module._resize_and_center_crop(Image.fromarray(tall), 112))  # downscale by 2
+    out = np.asarray(resize_and_center_crop(Image.fromarray(tall), 112))  # downscale by 2
     assert out.shape == (112, 112, 3) and (np.abs(out[4:-4].astype(int) - (0, 255, 0)) <= 2).all()
 
 
@@ -364,7 +365,7 @@ def test_normalization_on_off_and_denormalize_round_trip(tmp_path, device):
 def test_uint8_storage_gives_the_same_images(tmp_path, monkeypatch, normalize):
     write_cifar10(tmp_path)
     as_float = load_dataset("CIFAR10", tmp_path, normalize=normalize, download=False)
-    monkeypatch.setattr(data_module, "FLOAT_STORAGE_LIMIT_BYTES", 0)
+    monkeypatch.setattr(load_module, "FLOAT_STORAGE_LIMIT_BYTES", 0)
     as_uint8 = load_dataset("CIFAR10", tmp_path, normalize=normalize, download=False)
     assert as_uint8.train.stored_as_uint8 and not as_float.train.stored_as_uint8
     torch.testing.assert_close(as_uint8.train.images(), as_float.train.images())
