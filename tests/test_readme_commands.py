@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_data import write_cifar10, write_cifar100
+from conftest import write_cifar10, write_cifar100
 
 import train_original_models
 import validate

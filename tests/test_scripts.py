@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import sample_class
 
 import train_original_models
 import validate
@@ -78,7 +79,7 @@ def test_pool_training_bad_input(workdir, capsys, argv, message):
 def _real_subset_file(path: Path, paper_format: bool):
     data = load_dataset("Digits")
     gen = torch.Generator().manual_seed(0)
-    images = torch.cat([data.train.sample_class(c, 10, gen) for c in range(10)])
+    images = torch.cat([sample_class(data.train, c, 10, gen) for c in range(10)])
     labels = torch.arange(10).repeat_interleave(10)
     accs = {"ConvNet": [np.float64(0.5), np.float32(0.25)]} if paper_format else {"ConvNet": [0.5]}
     torch.save({"data": [[images, labels]], "accs_all_exps": accs}, path)

@@ -3,8 +3,6 @@ is an index draw with a seeded torch.Generator (no DataLoader, no PIL, no host r
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import torch
 
 
@@ -15,12 +13,6 @@ def _random_keys(
     if generator is None:
         return torch.rand(shape, device=device)
     return torch.rand(shape, generator=generator, device=generator.device).to(device)
-
-
-def _random_permutation(n: int, generator: torch.Generator | None, device: torch.device) -> torch.Tensor:
-    if generator is None:
-        return torch.randperm(n, device=device)
-    return torch.randperm(n, generator=generator, device=generator.device).to(device)
 
 
 class ImageSet:
@@ -55,16 +47,15 @@ class ImageSet:
         counts = torch.bincount(labels, minlength=self.num_classes)
         starts = torch.cumsum(counts, 0) - counts
         self._counts = counts
-        self._count_list = counts.tolist()  # python copies, so per-class calls never sync with the device
-        self._start_list = starts.tolist()
-        self._class_major = torch.argsort(labels, stable=True)  # class 0's indices, then class 1's, ...
+        self._count_list = counts.tolist()  # a python copy, so per-class calls never sync with the device
+        class_major = torch.argsort(labels, stable=True)  # class 0's indices, then class 1's, ...
         # Padded (num_classes, max_count) index matrix: row c = class c's indices, then filler; `_valid`
         # marks the real entries. It lets sample_per_class draw for every class in one call.
         max_count = max(self._count_list, default=0)
-        sorted_labels = labels[self._class_major]
+        sorted_labels = labels[class_major]
         position = torch.arange(len(labels), device=device) - starts[sorted_labels]
         self._padded = torch.zeros((self.num_classes, max_count), dtype=torch.long, device=device)
-        self._padded[sorted_labels, position] = self._class_major
+        self._padded[sorted_labels, position] = class_major
         self._valid = torch.arange(max_count, device=device) < counts[:, None]
 
     # ---- basic facts ----
@@ -80,20 +71,8 @@ class ImageSet:
     def image_shape(self) -> tuple[int, int, int]:
         return tuple(self._data.shape[1:])
 
-    @property
-    def stored_as_uint8(self) -> bool:
-        return self._data.dtype == torch.uint8
-
     def class_counts(self) -> torch.Tensor:
         return self._counts
-
-    def class_indices(self, c: int) -> torch.Tensor:
-        """Indices of class c's images (ascending), on the device. A view: do not modify it."""
-        c = int(c)
-        if not 0 <= c < self.num_classes:
-            raise IndexError(f"class {c} out of range 0..{self.num_classes - 1}")
-        start = self._start_list[c]
-        return self._class_major[start : start + self._count_list[c]]
 
     # ---- images ----
 
@@ -113,12 +92,6 @@ class ImageSet:
     def _normalize_in_place(self, pixels: torch.Tensor) -> torch.Tensor:
         return pixels.sub_(self.mean.view(-1, 1, 1)).div_(self.std.view(-1, 1, 1))
 
-    def normalize(self, x: torch.Tensor) -> torch.Tensor:
-        """From [0,1] pixel space to what images() returns (identity when not normalized)."""
-        if not self.normalized:
-            return x
-        return (x - self.mean.view(-1, 1, 1).to(x)) / self.std.view(-1, 1, 1).to(x)
-
     def denormalize(self, x: torch.Tensor) -> torch.Tensor:
         """Back to [0,1] pixel space (identity when not normalized)."""
         if not self.normalized:
@@ -126,14 +99,6 @@ class ImageSet:
         return x * self.std.view(-1, 1, 1).to(x) + self.mean.view(-1, 1, 1).to(x)
 
     # ---- sampling ----
-
-    def sample_class_indices(self, c: int, n: int, generator: torch.Generator | None) -> torch.Tensor:
-        """n random indices of class c without replacement (all of them, shuffled, when n >= count)."""
-        indices = self.class_indices(c)
-        return indices[_random_permutation(len(indices), generator, self.device)[:n]]
-
-    def sample_class(self, c: int, n: int, generator: torch.Generator | None) -> torch.Tensor:
-        return self.images(self.sample_class_indices(c, n, generator))
 
     def sample_per_class_indices(self, n: int, generator: torch.Generator | None) -> torch.Tensor:
         """(num_classes, n') indices, n' = min(n, smallest class count), without replacement within a class.
@@ -151,20 +116,3 @@ class ImageSet:
         """(num_classes, n', C, H, W) images; see sample_per_class_indices."""
         indices = self.sample_per_class_indices(n, generator)
         return self.images(indices.reshape(-1)).view(*indices.shape, *self.image_shape)
-
-    def batches(
-        self, batch_size: int, generator: torch.Generator | None = None, drop_last: bool = False
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """Yields (images, labels) covering every index once: shuffled with `generator`, in order without."""
-        if batch_size <= 0:
-            raise ValueError(f"batch_size must be positive, got {batch_size}")
-        total = len(self)
-        stop = total - total % batch_size if drop_last else total
-        order = None if generator is None else _random_permutation(total, generator, self.device)
-        for start in range(0, stop, batch_size):
-            if order is None:  # in order: slices, no gather
-                window = slice(start, start + batch_size)
-                yield self._as_network_input(self._data[window]), self.labels[window]
-            else:
-                idx = order[start : start + batch_size]
-                yield self.images(idx), self.labels[idx]
