@@ -133,6 +133,17 @@ def resolve_weight_file(name: str, weights: str) -> Path:
     return candidates[0]
 
 
+def unwrap_state_dict(state):
+    """The state_dict inside a loaded checkpoint: training scripts' {'state_dict': ...} / {'model': ...}
+    wrappers removed and DataParallel's 'module.' key prefix stripped. Anything else is returned as is."""
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if isinstance(state, dict) and state and all(str(k).startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
 def _read_state_dict(name: str, path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
@@ -146,17 +157,6 @@ def _read_state_dict(name: str, path: Path) -> dict[str, torch.Tensor]:
     state = unwrap_state_dict(state)
     if not isinstance(state, dict):
         raise FoundationModelError(f"weights for {name!r}: {path} does not hold a state_dict")
-    return state
-
-
-def unwrap_state_dict(state):
-    """The state_dict inside a loaded checkpoint: training scripts' {'state_dict': ...} / {'model': ...}
-    wrappers removed and DataParallel's 'module.' key prefix stripped. Anything else is returned as is."""
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if isinstance(state, dict) and state and all(str(k).startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
