@@ -117,7 +117,7 @@ def test_validate_without_normalization_maps_the_set_to_pixel_space(workdir):
     torch.save({"data": [[images, labels]], "normalized": False}, unmapped)
     for path in (normalized, pixels, unmapped):
         argv = ["--dataset", "Digits", "--model", "ConvNetW32", "--synthesis_data_path", str(path), "--epochs", "2",
-                "--save_every", "2", "--random_seed", "0", "--save_model"]
+                "--save_every", "2", "--random_seed", "0", "--save_model", "--gpu", "cpu"]  # CPU: bit-exact
         assert run_cli(validate.main, argv) == 0
     runs = workdir / "pretrained_model/Digits/DC/IPC10/ConvNetW32"
     trained = [torch.load(next((runs / f"index_{k}").glob("*.pth")), weights_only=True) for k in range(3)]
