@@ -8,8 +8,8 @@ import math
 
 from torch import nn
 
-from networks.convnet import make_norm, make_pool
-from networks.registry import EmbedClassifier, dry_run_shape, register
+from networks.layers import EmbedClassifier, dry_run_shape, make_norm, make_pool
+from networks.registry import register
 
 # Conv entries are (out_channels, kernel, padding); "M" is a 2x2 max-pool.
 ConvConfig = list[tuple[int, int, int] | str]

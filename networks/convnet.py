@@ -1,4 +1,4 @@
-"""ConvNet (the paper's default network) and its registered variants, plus the shared layer vocabulary.
+"""ConvNet (the paper's default network) and its registered variants.
 
 Layer order and attribute names follow the paper's base code, so `features.<i>` / `classifier` state-dict
 keys line up with its checkpoints.
@@ -9,51 +9,8 @@ from functools import partial
 
 from torch import nn
 
-from networks.registry import EmbedClassifier, dry_run_shape, register
-
-_NORMS = {
-    "instancenorm": lambda c, shape: nn.GroupNorm(c, c, affine=True),  # one group per channel
-    "batchnorm": lambda c, shape: nn.BatchNorm2d(c),
-    "layernorm": lambda c, shape: nn.LayerNorm(list(shape)),  # over the whole current (C, H, W)
-    "groupnorm": lambda c, shape: nn.GroupNorm(4, c, affine=True),
-}
-_ACTIVATIONS = {
-    "relu": nn.ReLU,
-    "sigmoid": nn.Sigmoid,
-    "leakyrelu": partial(nn.LeakyReLU, negative_slope=0.01),
-    "swish": nn.SiLU,  # SiLU is exactly x * sigmoid(x)
-}
-_POOLS = {
-    "avgpooling": partial(nn.AvgPool2d, kernel_size=2, stride=2),
-    "maxpooling": partial(nn.MaxPool2d, kernel_size=2, stride=2),
-}
-
-
-def _choose(table: dict, kind: str, what: str):
-    if kind not in table:
-        raise ValueError(f"unknown {what} {kind!r}; known: {', '.join([*table, 'none'])}")
-    return table[kind]
-
-
-def make_norm(kind: str, shape: tuple[int, ...]) -> nn.Module | None:
-    """Norm layer for a (C, H, W) feature map; None for 'none'."""
-    return None if kind == "none" else _choose(_NORMS, kind, "norm")(shape[0], shape)
-
-
-def make_activation(kind: str) -> nn.Module:
-    return _choose(_ACTIVATIONS, kind, "activation")()
-
-
-def make_pool(kind: str, shape: tuple[int, ...]) -> nn.Module | None:
-    """2x2 pooling, or nn.Identity when the map is already under 2 pixels a side.
-
-    Deep nets on small images (e.g. ConvNetD6 on 8x8) then stop downsampling instead of reaching 0x0;
-    Identity rather than nothing keeps the layer indices (state-dict keys) independent of image size.
-    """
-    if kind == "none":
-        return None
-    pool = _choose(_POOLS, kind, "pooling")
-    return pool() if min(shape[1:]) >= 2 else nn.Identity()
+from networks.layers import EmbedClassifier, dry_run_shape, make_activation, make_norm, make_pool
+from networks.registry import register
 
 
 class ConvNet(EmbedClassifier):

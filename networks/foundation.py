@@ -11,7 +11,7 @@ timm with num_classes=0 (forward_features + its pooling), open_clip's encode_ima
 final Linear classifier replaced by Identity.
 
 This module imports only torch (+ the optional libraries, lazily); its errors are FoundationModelError,
-which utils/pools.py turns into the suite's one-line UserError.
+raised `from` the library's own error, which utils/pools.py turns into the suite's one-line UserError.
 """
 
 from __future__ import annotations
@@ -133,6 +133,17 @@ def resolve_weight_file(name: str, weights: str) -> Path:
     return candidates[0]
 
 
+def unwrap_state_dict(state):
+    """The state_dict inside a loaded checkpoint: training scripts' {'state_dict': ...} / {'model': ...}
+    wrappers removed and DataParallel's 'module.' key prefix stripped. Anything else is returned as is."""
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if isinstance(state, dict) and state and all(str(k).startswith("module.") for k in state):
+        state = {k[len("module.") :]: v for k, v in state.items()}
+    return state
+
+
 def _read_state_dict(name: str, path: Path) -> dict[str, torch.Tensor]:
     try:
         if path.suffix == ".safetensors":
@@ -142,14 +153,10 @@ def _read_state_dict(name: str, path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # corrupt or foreign files fail in many ways
-        raise FoundationModelError(f"weights for {name!r}: cannot read {path}: {_first_line(err)}") from None
-    for key in ("state_dict", "model"):  # common training-script wrappers
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
+        raise FoundationModelError(f"weights for {name!r}: cannot read {path}") from err
+    state = unwrap_state_dict(state)
     if not isinstance(state, dict):
         raise FoundationModelError(f"weights for {name!r}: {path} does not hold a state_dict")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module.") :]: v for k, v in state.items()}
     return state
 
 
@@ -160,12 +167,7 @@ def _load_into(name: str, model: nn.Module, state: dict, path: Path, droppable: 
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as err:
-        raise FoundationModelError(f"weights {path} do not fit {name!r}: {_first_line(err)}") from None
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return (text.splitlines()[0] if text else type(err).__name__)[:300]
+        raise FoundationModelError(f"weights {path} do not fit {name!r}") from err
 
 
 def _import(package: str):
@@ -191,15 +193,13 @@ def _build_timm(name: str, model_name: str, weights: str) -> FoundationModel:
             model_name, pretrained=download, num_classes=0
         )  # num_classes=0: pooled features
     except Exception as err:  # unknown names raise RuntimeError, download failures anything
-        raise FoundationModelError(f"timm cannot build {model_name!r}: {_first_line(err)}") from None
+        raise FoundationModelError(f"timm cannot build {model_name!r}") from err
     if not download:
         path = resolve_weight_file(name, weights)
         try:
             state = timm.models.load_state_dict(str(path))
         except Exception as err:
-            raise FoundationModelError(
-                f"weights for {name!r}: cannot read {path}: {_first_line(err)}"
-            ) from None
+            raise FoundationModelError(f"weights for {name!r}: cannot read {path}") from err
         head = model.pretrained_cfg.get("classifier") or "head"
         _load_into(
             name, model, state, path, droppable=tuple(head) if isinstance(head, (list, tuple)) else (head,)
@@ -234,13 +234,13 @@ def _build_open_clip(name: str, model_name: str, weights: str) -> FoundationMode
         with _quiet_logging():
             model = open_clip.create_model(model_name, pretrained=tag)
     except Exception as err:
-        raise FoundationModelError(f"open_clip cannot build {model_name!r}: {_first_line(err)}") from None
+        raise FoundationModelError(f"open_clip cannot build {model_name!r}") from err
     if tag is None:
         path = resolve_weight_file(name, weights)
         try:
             open_clip.load_checkpoint(model, str(path))  # converts open_clip's older / third-party formats
         except Exception as err:
-            raise FoundationModelError(f"weights {path} do not fit {name!r}: {_first_line(err)}") from None
+            raise FoundationModelError(f"weights {path} do not fit {name!r}") from err
     config = getattr(model.visual, "preprocess_cfg", {})
     size = config.get("size", getattr(model.visual, "image_size", 224))
     mean = config.get("mean") or open_clip.OPENAI_DATASET_MEAN
@@ -256,7 +256,7 @@ def _build_torchvision(name: str, model_name: str, weights: str) -> FoundationMo
     try:
         model = models.get_model(model_name, weights="DEFAULT" if download else None)
     except Exception as err:
-        raise FoundationModelError(f"torchvision cannot build {model_name!r}: {_first_line(err)}") from None
+        raise FoundationModelError(f"torchvision cannot build {model_name!r}") from err
     if not download:
         path = resolve_weight_file(name, weights)
         _load_into(name, model, _read_state_dict(name, path), path)

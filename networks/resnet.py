@@ -7,8 +7,8 @@ import math
 
 from torch import nn
 
-from networks.convnet import make_norm
-from networks.registry import EmbedClassifier, dry_run_shape, register
+from networks.layers import EmbedClassifier, dry_run_shape, make_norm
+from networks.registry import register
 
 STAGE_WIDTHS = (64, 128, 256, 512)
 

@@ -1,182 +1,36 @@
-"""utils/data.py: every loader on tiny files written in the data set's real on-disk format, the
-device-resident ImageSet (sampling, batching, normalization), and the one-line errors."""
+"""utils/data/: every loader on tiny files written in the data set's real on-disk format, the
+device-resident ImageSet (sampling, normalization, uint8 storage), and the one-line errors."""
 
 from __future__ import annotations
 
-import gzip
 import os
-import pickle
-import struct
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-import scipy.io
 import torch
+from conftest import (
+    expected_color,
+    stored_as_uint8,
+    write_cifar10,
+    write_cifar100,
+    write_image_folder,
+    write_imagenet32,
+    write_mnist,
+    write_pathmnist,
+    write_pickle,
+    write_svhn,
+    write_tinyimagenet,
+)
 from PIL import Image
 
-import utils.data as data_module
+import utils.data.load as load_module
 from utils.data import ImageSet, dataset_names, default_data_path, get_dataset_spec, load_dataset
+from utils.data.image_folders import resize_and_center_crop
 from utils.misc import UserError, make_generator
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
-
-
-# --------------------------------------------------------------------------------------------------
-# Writers of tiny data sets in their real formats
-# --------------------------------------------------------------------------------------------------
-
-
-def random_split(num_classes: int, per_class: int, shape: tuple[int, ...], seed: int):
-    """uint8 images (N, *shape) and shuffled labels with `per_class` images of every class."""
-    rng = np.random.default_rng(seed)
-    labels = rng.permutation(np.repeat(np.arange(num_classes), per_class))
-    images = rng.integers(0, 256, (len(labels), *shape), dtype=np.uint8)
-    return images, labels
-
-
-def write_idx(path: Path, array: np.ndarray, gz: bool) -> None:
-    payload = bytes([0, 0, 8, array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape) + array.tobytes()
-    if gz:
-        with gzip.open(path.with_name(path.name + ".gz"), "wb") as f:
-            f.write(payload)
-    else:
-        path.write_bytes(payload)
-
-
-def write_mnist(folder: Path, gz: bool = False) -> dict:
-    folder.mkdir(parents=True, exist_ok=True)
-    expected = {}
-    for split, prefix, per_class in (("train", "train", 3), ("test", "t10k", 2)):
-        images, labels = random_split(10, per_class, (28, 28), seed=per_class)
-        write_idx(folder / f"{prefix}-images-idx3-ubyte", images, gz)
-        write_idx(folder / f"{prefix}-labels-idx1-ubyte", labels.astype(np.uint8), gz)
-        expected[split] = (images[:, None], labels)
-    return expected
-
-
-def write_svhn(folder: Path) -> dict:
-    folder.mkdir(parents=True, exist_ok=True)
-    expected = {}
-    for split, per_class in (("train", 3), ("test", 2)):
-        images, labels = random_split(10, per_class, (3, 32, 32), seed=per_class)
-        on_disk_labels = np.where(labels == 0, 10, labels)  # SVHN writes digit 0 as 10
-        scipy.io.savemat(
-            folder / f"{split}_32x32.mat",
-            {"X": images.transpose(2, 3, 1, 0), "y": on_disk_labels.reshape(-1, 1).astype(np.uint8)},
-        )
-        expected[split] = (images, labels)
-    return expected
-
-
-def write_pickle(path: Path, obj) -> None:
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, protocol=2)
-
-
-def cifar_batch(images: np.ndarray, labels: np.ndarray, label_key: bytes) -> dict:
-    # bytes keys, as python 2 wrote the real batches
-    return {b"batch_label": b"tiny", b"data": images.reshape(len(images), -1), label_key: labels.tolist()}
-
-
-def write_cifar10(folder: Path) -> dict:
-    folder.mkdir(parents=True, exist_ok=True)
-    train_images, train_labels = random_split(10, 5, (3, 32, 32), seed=1)
-    for i in range(5):  # one image of every class per batch
-        part = slice(10 * i, 10 * (i + 1))
-        write_pickle(
-            folder / f"data_batch_{i + 1}", cifar_batch(train_images[part], train_labels[part], b"labels")
-        )
-    test_images, test_labels = random_split(10, 2, (3, 32, 32), seed=2)
-    write_pickle(folder / "test_batch", cifar_batch(test_images, test_labels, b"labels"))
-    write_pickle(folder / "batches.meta", {b"label_names": [f"name{c}".encode() for c in range(10)]})
-    return {"train": (train_images, train_labels), "test": (test_images, test_labels)}
-
-
-def write_cifar100(folder: Path) -> dict:
-    folder.mkdir(parents=True, exist_ok=True)
-    expected = {}
-    for split, per_class in (("train", 2), ("test", 1)):
-        images, labels = random_split(100, per_class, (3, 32, 32), seed=per_class)
-        write_pickle(folder / split, cifar_batch(images, labels, b"fine_labels"))
-        expected[split] = (images, labels)
-    write_pickle(folder / "meta", {b"fine_label_names": [f"fine{c}".encode() for c in range(100)]})
-    return expected
-
-
-def write_imagenet32(folder: Path) -> dict:
-    """Two train batches (numbers 1 and 3: whatever exists is used) and val_data, 1-based labels."""
-    (folder / "Imagenet32_train").mkdir(parents=True)
-    (folder / "Imagenet32_val").mkdir()
-    batches = [random_split(1000, 1, (3, 32, 32), seed=s) for s in (1, 3)]
-    for number, (images, labels) in zip((1, 3), batches):
-        batch = {
-            "data": images.reshape(len(images), -1),
-            "labels": (labels + 1).tolist(),
-            "mean": np.zeros(3),
-        }
-        write_pickle(folder / "Imagenet32_train" / f"train_data_batch_{number}", batch)
-    val_images, val_labels = random_split(1000, 1, (3, 32, 32), seed=5)
-    val = {"data": val_images.reshape(1000, -1), "labels": (val_labels + 1).tolist()}
-    write_pickle(folder / "Imagenet32_val" / "val_data", val)
-    train = (np.concatenate([b[0] for b in batches]), np.concatenate([b[1] for b in batches]))
-    return {"train": train, "test": (val_images, val_labels)}
-
-
-def write_pathmnist(folder: Path) -> dict:
-    folder.mkdir(parents=True, exist_ok=True)
-    arrays, expected = {}, {}
-    for split, per_class in (("train", 3), ("val", 1), ("test", 2)):
-        images, labels = random_split(9, per_class, (28, 28, 3), seed=per_class)
-        arrays[f"{split}_images"] = images
-        arrays[f"{split}_labels"] = labels.reshape(-1, 1).astype(np.uint8)
-        expected[split] = (images.transpose(0, 3, 1, 2), labels)
-    np.savez(folder / "pathmnist.npz", **arrays)
-    return expected
-
-
-def class_color(label: int) -> tuple[int, int, int]:
-    return (label * 37 % 256, label * 91 % 256, 255 - label * 53 % 256)
-
-
-def write_image(path: Path, label: int, size: tuple[int, int], mode: str = "RGB") -> None:
-    """A flat image of the class's colour: survives JPEG, resizing and cropping (almost) unchanged."""
-    Image.new("RGB", size, class_color(label)).convert(mode).save(path, quality=95)
-
-
-def expected_color(label: int, mode: str = "RGB") -> np.ndarray:
-    pixel = np.asarray(Image.new("RGB", (1, 1), class_color(label)).convert(mode).convert("RGB"))
-    return pixel.reshape(3).astype(np.float32) / 255
-
-
-def write_tinyimagenet(folder: Path, with_wnids: bool) -> list[str]:
-    wnids = [f"n{9000000 - i:08d}" for i in range(200)]  # listed in reverse-sorted order
-    for label, wnid in enumerate(wnids):
-        (folder / "train" / wnid / "images").mkdir(parents=True)
-        write_image(folder / "train" / wnid / "images" / f"{wnid}_0.JPEG", label, (64, 64))
-        write_image(folder / "train" / wnid / "images" / f"{wnid}_1.JPEG", label, (64, 64), mode="L")
-    (folder / "val" / "images").mkdir(parents=True)
-    lines = []
-    for label, wnid in enumerate(wnids):
-        write_image(folder / "val" / "images" / f"val_{label}.JPEG", label, (64, 64))
-        lines.append(f"val_{label}.JPEG\t{wnid}\t0\t0\t63\t63")
-    (folder / "val" / "val_annotations.txt").write_text("\n".join(lines) + "\n")
-    if with_wnids:
-        (folder / "wnids.txt").write_text("\n".join(wnids) + "\n")
-        return wnids
-    return sorted(wnids)
-
-
-def write_image_folder(folder: Path, num_classes: int = 10) -> list[str]:
-    classes = [f"n0{c}_class" for c in range(num_classes)]
-    for label, name in enumerate(classes):
-        (folder / "train" / name).mkdir(parents=True)
-        (folder / "val" / name).mkdir(parents=True)
-        write_image(folder / "train" / name / "a.JPEG", label, (300, 250))
-        write_image(folder / "train" / name / "b.png", label, (120, 90))  # upsampled
-        write_image(folder / "val" / name / "c.JPEG", label, (250, 333))
-    return classes
 
 
 def assert_split_matches(split: ImageSet, images_uint8: np.ndarray, labels: np.ndarray) -> None:
@@ -306,7 +160,7 @@ def test_image_folder_sets_resize_and_crop_to_224(tmp_path, name):
     ds = load_dataset(name, tmp_path, normalize=False, download=False)
     assert ds.class_names == classes
     assert ds.train.images().shape == (20, 3, 224, 224) and ds.test.images().shape == (10, 3, 224, 224)
-    assert ds.train.stored_as_uint8 is False  # tiny here; the real set is over the limit and stays uint8
+    assert stored_as_uint8(ds.train) is False  # tiny here; the real set is over the limit and stays uint8
     images = ds.train.images()
     for index in range(len(ds.train)):
         color = torch.from_numpy(expected_color(int(ds.train.labels[index])))
@@ -318,10 +172,10 @@ def test_resize_and_center_crop_keeps_the_center():
     wide[:, :112] = (255, 0, 0)
     wide[:, 112:336] = (0, 255, 0)
     wide[:, 336:] = (0, 0, 255)
-    out = np.asarray(data_module._resize_and_center_crop(Image.fromarray(wide), 224))
+    out = np.asarray(resize_and_center_crop(Image.fromarray(wide), 224))
     assert out.shape == (224, 224, 3) and (out == (0, 255, 0)).all()
     tall = np.ascontiguousarray(wide.transpose(1, 0, 2))
-    out = np.asarray(data_module._resize_and_center_crop(Image.fromarray(tall), 112))  # downscale by 2
+    out = np.asarray(resize_and_center_crop(Image.fromarray(tall), 112))  # downscale by 2
     assert out.shape == (112, 112, 3) and (np.abs(out[4:-4].astype(int) - (0, 255, 0)) <= 2).all()
 
 
@@ -355,7 +209,6 @@ def test_normalization_on_off_and_denormalize_round_trip(tmp_path, device):
     std = torch.tensor(normed.spec.std, device=device).view(3, 1, 1)
     torch.testing.assert_close(normed.train.images(), (plain.train.images() - mean) / std)
     torch.testing.assert_close(normed.train.denormalize(normed.train.images()), plain.train.images())
-    torch.testing.assert_close(normed.train.normalize(plain.train.images()), normed.train.images())
     assert plain.train.denormalize(plain.train.images()) is plain.train.images()
     assert_split_matches(plain.test, *expected["test"])
 
@@ -364,20 +217,19 @@ def test_normalization_on_off_and_denormalize_round_trip(tmp_path, device):
 def test_uint8_storage_gives_the_same_images(tmp_path, monkeypatch, normalize):
     write_cifar10(tmp_path)
     as_float = load_dataset("CIFAR10", tmp_path, normalize=normalize, download=False)
-    monkeypatch.setattr(data_module, "FLOAT_STORAGE_LIMIT_BYTES", 0)
+    monkeypatch.setattr(load_module, "FLOAT_STORAGE_LIMIT_BYTES", 0)
     as_uint8 = load_dataset("CIFAR10", tmp_path, normalize=normalize, download=False)
-    assert as_uint8.train.stored_as_uint8 and not as_float.train.stored_as_uint8
+    assert stored_as_uint8(as_uint8.train) and not stored_as_uint8(as_float.train)
     torch.testing.assert_close(as_uint8.train.images(), as_float.train.images())
     idx = torch.tensor([3, 0, 7])
     torch.testing.assert_close(as_uint8.train.images(idx), as_float.train.images(idx))
     draw = [s.train.sample_per_class(2, make_generator(4)) for s in (as_uint8, as_float)]
     torch.testing.assert_close(draw[0], draw[1])
-    first = [next(iter(s.test.batches(6)))[0] for s in (as_uint8, as_float)]
-    torch.testing.assert_close(first[0], first[1])
+    torch.testing.assert_close(as_uint8.test.images(), as_float.test.images())
 
 
 # --------------------------------------------------------------------------------------------------
-# Sampling and batching on a set whose pixel values name their index
+# Sampling on a set whose pixel values name their index
 # --------------------------------------------------------------------------------------------------
 
 CLASS_COUNTS = [3, 5, 4, 6]
@@ -397,26 +249,9 @@ def index_of(images: torch.Tensor) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_class_index(device):
-    data = indexed_set(device)
-    assert data.class_counts().tolist() == CLASS_COUNTS
-    for c in range(len(CLASS_COUNTS)):
-        indices = data.class_indices(c)
-        assert indices.device.type == device
-        assert indices.tolist() == torch.nonzero(data.labels.cpu() == c).flatten().tolist()
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_sample_class_without_replacement_from_that_class(device):
-    data = indexed_set(device)
-    labels = data.labels.cpu()
-    for c in range(len(CLASS_COUNTS)):
-        drawn = index_of(data.sample_class(c, 2, make_generator(1)))
-        assert len(drawn) == 2 and len(set(drawn.tolist())) == 2 and (labels[drawn] == c).all()
-        everything = index_of(data.sample_class(c, 100, make_generator(1)))
-        assert sorted(everything.tolist()) == data.class_indices(c).tolist()
-    same = [index_of(data.sample_class(3, 4, make_generator(7))) for _ in range(2)]
-    assert same[0].tolist() == same[1].tolist()
+def test_class_counts(device):
+    counts = indexed_set(device).class_counts()
+    assert counts.device.type == device and counts.tolist() == CLASS_COUNTS
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -434,37 +269,17 @@ def test_sample_per_class_vectorized_draw(device):
     assert other.shape == (4, 2)
     # Uniform over the class, filler never drawn: 600 single draws from class 3 (6 images).
     hits = torch.stack([data.sample_per_class_indices(1, gen)[3, 0] for gen in [make_generator(5)] * 600])
-    frequency = torch.bincount(hits.cpu(), minlength=len(labels))[data.class_indices(3).cpu()]
+    frequency = torch.bincount(hits.cpu(), minlength=len(labels))[torch.nonzero(labels == 3).flatten()]
     assert frequency.sum() == 600 and frequency.min() > 60
 
 
 def test_generator_on_another_device_than_the_data():
     if not torch.cuda.is_available():
         pytest.skip("needs CUDA")
-    data = indexed_set("cuda")
-    drawn = data.sample_per_class(2, make_generator(0, "cpu"))
+    drawn = indexed_set("cuda").sample_per_class(2, make_generator(0, "cpu"))
     assert drawn.device.type == "cuda"
-    batch, _ = next(iter(data.batches(5, make_generator(0, "cuda"))))
-    assert batch.device.type == "cuda"
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_batches_cover_every_index_once(device):
-    data = indexed_set(device)
-    total = len(data)
-    seen, labels_seen = [], []
-    for images, labels in data.batches(5, make_generator(2)):
-        assert images.shape[1:] == (2, 3, 3) and len(images) <= 5
-        seen += index_of(images).tolist()
-        labels_seen += labels.cpu().tolist()
-    assert sorted(seen) == list(range(total)) and seen != list(range(total))
-    assert labels_seen == data.labels.cpu()[seen].tolist()
-    in_order = [i for images, _ in data.batches(5) for i in index_of(images).tolist()]
-    assert in_order == list(range(total))
-    dropped = list(data.batches(5, make_generator(2), drop_last=True))
-    assert len(dropped) == total // 5 and all(len(images) == 5 for images, _ in dropped)
-    again = [index_of(images).tolist() for images, _ in data.batches(5, make_generator(2))]
-    assert sum(again, []) == seen
+    drawn = indexed_set("cpu").sample_per_class(2, make_generator(0, "cuda"))
+    assert drawn.device.type == "cpu"
 
 
 # --------------------------------------------------------------------------------------------------

@@ -1,3 +1,5 @@
+import pickle
+
 import pytest
 import torch
 from torch import nn
@@ -5,6 +7,9 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 
 import networks
 from networks import registry
+from networks.foundation import FoundationModelError, build_foundation_model, unwrap_state_dict
+from utils.misc import UserError
+from utils.pools import load_pool
 
 NAMES = networks.list_networks()
 SHAPES = [(1, 8, 8), (1, 28, 28), (3, 28, 28), (3, 32, 32), (3, 64, 64), (3, 224, 224)]
@@ -160,3 +165,28 @@ def test_vmapped_gradients_match_per_model_backward():
         nn.functional.cross_entropy(model(x), y).backward()
         for key, param in model.named_parameters():
             torch.testing.assert_close(stacked_grads[key][index], param.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_unwrap_state_dict_removes_wrappers_and_the_dataparallel_prefix():
+    weights = {"features.0.weight": torch.zeros(2), "classifier.bias": torch.ones(1)}
+    prefixed = {f"module.{key}": value for key, value in weights.items()}
+    for saved in (weights, prefixed, {"state_dict": prefixed, "epoch": 3}, {"model": weights},
+                  {"state_dict": {"model": prefixed}}):
+        unwrapped = unwrap_state_dict(saved)
+        assert list(unwrapped) == list(weights) and all(unwrapped[k] is v for k, v in weights.items())
+    assert unwrap_state_dict([1, 2]) == [1, 2]  # not a checkpoint: left for the caller to refuse
+
+
+def test_foundation_errors_name_the_context_and_keep_the_reason_as_cause(tmp_path):
+    pytest.importorskip("torchvision.models", reason="torchvision is not installed")
+    name, garbage = "torchvision:mobilenet_v3_small", tmp_path / "weights.pth"
+    garbage.write_bytes(b"not a checkpoint")
+    with pytest.raises(FoundationModelError) as error:
+        build_foundation_model(name, str(garbage))
+    assert str(error.value) == f"weights for {name!r}: cannot read {garbage}"
+    assert isinstance(error.value.__cause__, pickle.UnpicklingError)
+    # The user's one line (utils.pools) is the context, then the library's reason.
+    with pytest.raises(UserError) as user_error:
+        load_pool("unused", [name], 1, 1, "cpu", weights={name: str(garbage)})
+    message = str(user_error.value)
+    assert message.startswith(f"{error.value}: UnpicklingError: ") and "\n" not in message

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_data import write_cifar10, write_cifar100
+from conftest import write_cifar10, write_cifar100
 
 import train_original_models
 import validate
@@ -72,7 +72,13 @@ def test_readme_pipeline(workdir, monkeypatch):
     argv = [str(results["ce"]) if arg == "<specified_path>" else arg for arg in command(VALIDATE)]
     argv += ["--epochs", "2", "--save_every", "1", "--no_download", "--random_seed", "0"]
     result = validate.main(argv)  # (validate's --ipc 10 only names a --save_model folder)
-    assert len(result.final) == 1 and 0.0 <= result.final[0] <= 1.0
+    assert len(result.final) == len(result.best) == len(result.best_epoch) == 1
+    final, best, epoch = result.final[0], result.best[0], result.best_epoch[0]
+    assert epoch in (1, 2) and best >= final and abs(20 * final - round(20 * final)) < 1e-9  # 20 test images
+    # The log beside the set records the run as the README's flags ask for it, and the numbers returned.
+    log = Path(results["ce"]).with_name("validate_ConvNet.log").read_text()
+    assert "seed 0 | device " in log and "CIFAR10: 10 synthetic images, 20 test | normalized True | dsa True" in log
+    assert f"network 0: final test acc {final:.4f} | best {best:.4f} at epoch {epoch}" in log
 
 
 def test_readme_commands_parse_as_written():

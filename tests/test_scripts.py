@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import sample_class
 
 import train_original_models
 import validate
 from utils.cli import run_cli
-from utils.data import load_dataset
+from utils.data import get_dataset_spec, load_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -78,7 +79,7 @@ def test_pool_training_bad_input(workdir, capsys, argv, message):
 def _real_subset_file(path: Path, paper_format: bool):
     data = load_dataset("Digits")
     gen = torch.Generator().manual_seed(0)
-    images = torch.cat([data.train.sample_class(c, 10, gen) for c in range(10)])
+    images = torch.cat([sample_class(data.train, c, 10, gen) for c in range(10)])
     labels = torch.arange(10).repeat_interleave(10)
     accs = {"ConvNet": [np.float64(0.5), np.float32(0.25)]} if paper_format else {"ConvNet": [0.5]}
     torch.save({"data": [[images, labels]], "accs_all_exps": accs}, path)
@@ -103,10 +104,25 @@ def test_validate_real_subset(workdir, capsys, paper_format):
 
 
 def test_validate_without_normalization_maps_the_set_to_pixel_space(workdir):
-    path = _real_subset_file(workdir / "res.pt", False)
-    argv = ["--dataset", "Digits", "--model", "ConvNetW32", "--synthesis_data_path", str(path), "--epochs", "10",
-            "--save_every", "10", "--random_seed", "0"]
-    assert run_cli(validate.main, argv) == 0
+    # One real subset saved three ways: normalized (a synthetic set's default), already in pixel space
+    # ("normalized": False), and normalized but labelled as pixels. Without --normalize_data validate must
+    # map the first to pixel space, so it trains exactly the weights the second does; the third (taken as
+    # is) shows that a missing mapping would change them.
+    normalized = _real_subset_file(workdir / "res.pt", False)
+    images, labels = torch.load(normalized, weights_only=True)["data"][0]
+    spec = get_dataset_spec("Digits")
+    mean, std = (torch.tensor(stats).view(1, -1, 1, 1) for stats in (spec.mean, spec.std))
+    pixels, unmapped = workdir / "pixels.pt", workdir / "unmapped.pt"
+    torch.save({"data": [[images * std + mean, labels]], "normalized": False}, pixels)
+    torch.save({"data": [[images, labels]], "normalized": False}, unmapped)
+    for path in (normalized, pixels, unmapped):
+        argv = ["--dataset", "Digits", "--model", "ConvNetW32", "--synthesis_data_path", str(path), "--epochs", "2",
+                "--save_every", "2", "--random_seed", "0", "--save_model", "--gpu", "cpu"]  # CPU: bit-exact
+        assert run_cli(validate.main, argv) == 0
+    runs = workdir / "pretrained_model/Digits/DC/IPC10/ConvNetW32"
+    trained = [torch.load(next((runs / f"index_{k}").glob("*.pth")), weights_only=True) for k in range(3)]
+    assert all(torch.equal(trained[0][key], trained[1][key]) for key in trained[0])
+    assert not torch.equal(trained[0]["classifier.weight"], trained[2]["classifier.weight"])
 
 
 @pytest.mark.parametrize("content, message", [

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from utils.misc import UserError
+from networks.foundation import unwrap_state_dict
+from utils.misc import UserError, one_line
 
 POOL_ROOT = "pretrained_model"
 POOL_INFO_NAME = "model_info.json"
@@ -77,7 +78,7 @@ def load_json(path: str | os.PathLike) -> dict:
     except FileNotFoundError:
         raise UserError(f"{path} not found") from None
     except (OSError, ValueError) as err:
-        raise UserError(f"{path} is not a readable JSON file ({err})") from None
+        raise UserError(f"{path} is not a readable JSON file ({one_line(err)})") from None
 
 
 # ---------------------------------------------------------------- safe loading
@@ -101,8 +102,7 @@ def safe_torch_load(path: str | os.PathLike, what: str = "file", map_location="c
         with torch.serialization.safe_globals(_numpy_safe_globals()):
             return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as err:  # torch raises many types for corrupt or foreign files
-        first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise UserError(f"cannot read {what} {path}: {first_line[:200]}") from None
+        raise UserError(f"cannot read {what} {path}: {one_line(err)}") from None
 
 
 # ---------------------------------------------------------------- pools of pre-trained models
@@ -133,14 +133,9 @@ def reserve_run_dir(parent: str | os.PathLike, prefix: str = "index_", start: in
 
 
 def load_state_dict_file(path: str | os.PathLike, what: str = "checkpoint") -> dict:
-    state = safe_torch_load(path, what)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]  # tolerate the common {'state_dict': ...} wrapper
+    state = unwrap_state_dict(safe_torch_load(path, what))
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{what} {path} does not hold a state_dict")
-    # Checkpoints saved from DataParallel prefix every key with 'module.'.
-    if state and all(key.startswith("module.") for key in state):
-        state = {key[len("module."):]: value for key, value in state.items()}
     return state
 
 

@@ -1,4 +1,5 @@
-"""Small shared helpers: the user-facing error types, seeding, device choice, logging."""
+"""Small shared helpers: the user-facing error types and their one-line messages, seeding, device choice,
+logging."""
 
 from __future__ import annotations
 
@@ -24,6 +25,14 @@ class SettingError(UserError):
     def __init__(self, setting: str, problem: str):
         super().__init__(f"{setting} {problem}")
         self.setting, self.problem = setting, problem
+
+
+def one_line(err: BaseException, limit: int = 300) -> str:
+    """An exception as one line for a user-facing message: `TypeName: message`, every run of whitespace
+    (newlines included) collapsed to one space, cut to `limit` characters."""
+    text = " ".join(str(err).split())
+    text = f"{type(err).__name__}: {text}" if text else type(err).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def resolve_seed(seed: int | None) -> int:

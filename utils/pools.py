@@ -18,7 +18,7 @@ from networks import build_network, list_networks
 from networks.foundation import FoundationModelError, build_foundation_model, is_foundation_name
 from utils.data import get_dataset_spec
 from utils.io import POOL_INFO_NAME, POOL_ROOT, load_json, load_state_dict_file, pool_checkpoint_path
-from utils.misc import UserError, get_logger
+from utils.misc import UserError, get_logger, one_line
 
 
 # ---------------------------------------------------------------- input spaces and the adapter between them
@@ -195,7 +195,7 @@ def _load_member(
     except RuntimeError as err:
         raise UserError(
             f"pool model {path} does not fit {arch} ({space.channel}x{space.im_size[0]}x"
-            f"{space.im_size[1]}, {num_classes} classes): {str(err).splitlines()[0]}"
+            f"{space.im_size[1]}, {num_classes} classes): {one_line(err)}"
         ) from None
     return PoolMember(_freeze(model, device), space, info, str(path), num_classes)
 
@@ -203,8 +203,9 @@ def _load_member(
 def _load_foundation_member(name: str, weights: str | None, device) -> PoolMember:
     try:
         model = build_foundation_model(name, weights)
-    except FoundationModelError as err:
-        raise UserError(str(err)) from None
+    except FoundationModelError as err:  # its message gives the context, its cause the library's reason
+        reason = "" if err.__cause__ is None else f": {one_line(err.__cause__)}"
+        raise UserError(f"{err}{reason}") from None
     pre = model.preprocessing
     space = InputSpace(pre.channel, pre.im_size, True, pre.mean, pre.std)
     return PoolMember(_freeze(model, device), space, None, str(weights), None)

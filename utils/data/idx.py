@@ -1,0 +1,79 @@
+"""MNIST and FashionMNIST: idx files (optionally gzipped), directly in data_path, in raw/ or in
+torchvision's <Name>/raw/."""
+
+from __future__ import annotations
+
+import gzip
+import math
+import struct
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from utils.data.raw import FormatError, RawDataset, RawSplit, reading
+
+if TYPE_CHECKING:
+    from utils.data.table import DatasetSpec
+
+IDX_FILES = {
+    "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+    "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+}
+
+
+def _idx_file(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / f"{name}.gz"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def find_idx_folder(torchvision_folder: str) -> Callable[[Path], Path | None]:
+    """The files directly in data_path, in data_path/raw, or in torchvision's data_path/<Name>/raw."""
+
+    def find(path: Path) -> Path | None:
+        for folder in (path, path / "raw", path / torchvision_folder / "raw"):
+            if all(_idx_file(folder, name) for pair in IDX_FILES.values() for name in pair):
+                return folder
+        return None
+
+    return find
+
+
+def read_idx(path: Path) -> np.ndarray:
+    """An idx file of unsigned bytes: 0, 0, 0x08, ndim, then ndim big-endian uint32 sizes, then the data."""
+    with reading(path):
+        opener = gzip.open if path.suffix == ".gz" else open
+        with opener(path, "rb") as f:
+            raw = f.read()
+        if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
+            raise FormatError(f"{path} is not an idx file of unsigned bytes")
+        ndim = raw[3]
+        header_end = 4 + 4 * ndim
+        dims = struct.unpack(f">{ndim}I", raw[4:header_end])
+        values = np.frombuffer(raw, dtype=np.uint8, offset=header_end)
+        if values.size != math.prod(dims):
+            raise FormatError(f"{path} holds {values.size} values but its header says {dims} (truncated?)")
+        return values.reshape(dims)
+
+
+def idx_reader(class_names: Sequence[str]) -> Callable[[Path, DatasetSpec], RawDataset]:
+    def read(folder: Path, spec: DatasetSpec) -> RawDataset:
+        splits = {}
+        for split, (images_name, labels_name) in IDX_FILES.items():
+            images = read_idx(_idx_file(folder, images_name))
+            labels = read_idx(_idx_file(folder, labels_name))
+            splits[split] = RawSplit([images[:, None]], labels)  # (N, 28, 28) -> (N, 1, 28, 28)
+        return RawDataset(splits["train"], splits["test"], list(class_names))
+
+    return read
+
+
+_FASHION_NAMES = (
+    "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
+)  # fmt: skip
+
+read_mnist = idx_reader([str(d) for d in range(10)])
+read_fashion_mnist = idx_reader(_FASHION_NAMES)
