@@ -12,12 +12,13 @@ from utils.augment import (
     DC_OPS,
     DSA_OPS,
     DSAParams,
+    apply_dsa_op,
     dc_aug_strategy,
     dc_augment,
     draw_dc_params,
     draw_dsa_params,
+    draw_dsa_plan,
     dsa_augment,
-    gather_params,
 )
 from utils.misc import UserError
 
@@ -51,7 +52,7 @@ def affine_one(img: torch.Tensor, theta: list[list[float]], align_corners: bool)
 # ---------------------------------------------------------------- slow DSA references, one image at a time
 
 
-def slow_dsa(op: str, img: torch.Tensor, p: dict) -> torch.Tensor:
+def slow_dsa(op: str, img: torch.Tensor, p: dict, align_corners: bool = True) -> torch.Tensor:
     c, h, w = img.shape
     if op == "color":
         img = img + p["brightness"]
@@ -79,10 +80,10 @@ def slow_dsa(op: str, img: torch.Tensor, p: dict) -> torch.Tensor:
     if op == "flip":
         return img.flip(-1) if p["flip"] else img
     if op == "scale":
-        return affine_one(img, [[p["scale_w"], 0, 0], [0, p["scale_h"], 0]], align_corners=True)
+        return affine_one(img, [[p["scale_w"], 0, 0], [0, p["scale_h"], 0]], align_corners)
     if op == "rotate":
         a = p["angle"]
-        return affine_one(img, [[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0]], True)
+        return affine_one(img, [[math.cos(a), -math.sin(a), 0], [math.sin(a), math.cos(a), 0]], align_corners)
     raise AssertionError(op)
 
 
@@ -97,10 +98,20 @@ def test_dsa_op_matches_per_image_reference(op, shape):
     p = draw_dsa_params(op, x.shape[0], x.shape, gen(3), "cpu")
     if op == "flip":  # make sure both branches are exercised
         p["flip"] = torch.tensor([True, False] * 3)
-    out = DSA_OPS[op](x, p)
-    ref = torch.stack([slow_dsa(op, x[i], per_image(p, i)) for i in range(x.shape[0])])
-    assert out.shape == x.shape and out.dtype == x.dtype
-    torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+    for align_corners in (True, False):
+        out = apply_dsa_op(op, x, p, DSAParams(align_corners=align_corners))
+        ref = torch.stack([slow_dsa(op, x[i], per_image(p, i), align_corners) for i in range(x.shape[0])])
+        assert out.shape == x.shape and out.dtype == x.dtype
+        torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+
+
+def test_align_corners_changes_only_scale_and_rotate():
+    x = images((3, 8, 8))
+    for op in DSA_OPS:
+        p = draw_dsa_params(op, x.shape[0], x.shape, gen(4), "cpu")
+        same = torch.equal(apply_dsa_op(op, x, p, DSAParams(align_corners=True)),
+                           apply_dsa_op(op, x, p, DSAParams(align_corners=False)))
+        assert same == (op not in ("scale", "rotate")), op
 
 
 def test_dsa_crop_and_cutout_edge_parameters():
@@ -136,17 +147,48 @@ def test_dsa_parameter_ranges():
     assert 0.45 < flip < 0.55
 
 
-def test_dsa_augment_equals_explicit_draws_mode_s_with_groups():
-    x = images((3, 8, 8), n=6)
-    groups = torch.tensor([0, 2, 1, 0, 2, 1])
-    strategy = "color_crop_cutout_flip_scale_rotate"
-    g = gen(7)
-    out = dsa_augment(x, strategy, gen(7), groups=groups)
-    ops = strategy.split("_")
-    op = ops[torch.randint(len(ops), (1,), generator=g).item()]
-    p = gather_params(draw_dsa_params(op, 3, x.shape, g, "cpu"), groups)
-    ref = torch.stack([slow_dsa(op, x[i], per_image(p, i)) for i in range(6)])
-    torch.testing.assert_close(out, ref, atol=1e-6, rtol=0)
+@pytest.mark.parametrize("align_corners", [True, False])
+def test_op_per_group_equals_a_slow_per_group_loop_given_the_same_draws(align_corners):
+    """Mode 'S' with groups: each group draws its op, and the batched call equals applying each group's op
+    with its parameters one image at a time (float64, atol 1e-6)."""
+    settings = DSAParams(align_corners=align_corners)
+    x = images((3, 8, 8), n=12)
+    groups = torch.tensor([0, 2, 1, 0, 2, 1, 3, 3, 0, 1, 2, 3])
+    out = dsa_augment(x, FULL, gen(7), groups=groups, params=settings, num_groups=4)
+    plan = draw_dsa_plan(FULL.split("_"), 4, x.shape, gen(7), "cpu", settings)  # the same draws
+    ref = []
+    for i, group in enumerate(groups.tolist()):
+        op = plan.ops[int(plan.choice[group])]
+        ref.append(slow_dsa(op, x[i], per_image(plan.params[op], group), align_corners))
+    torch.testing.assert_close(out, torch.stack(ref), atol=1e-6, rtol=0)
+
+
+def test_every_class_can_receive_every_op_and_classes_differ():
+    g, num_classes, ops = gen(3), 10, FULL.split("_")
+    seen = [set() for _ in range(num_classes)]
+    calls_with_several_ops = 0
+    for _ in range(60):
+        plan = draw_dsa_plan(ops, num_classes, (3, 8, 8), g, "cpu")
+        for c in range(num_classes):
+            seen[c].add(int(plan.choice[c]))
+        calls_with_several_ops += len(set(plan.choice.tolist())) > 1
+    assert all(s == set(range(len(ops))) for s in seen)
+    assert calls_with_several_ops == 60  # one op for all 10 classes has probability 6 * 6**-10 per call
+
+
+def test_grouped_mode_s_augments_each_image_once_with_its_groups_op():
+    x = images((1, 8, 8), n=40)
+    groups = torch.arange(40) % 20
+    out = dsa_augment(x, "flip_cutout", gen(1), groups=groups)
+    applied = []
+    for o, xi in zip(out, x):
+        is_flip = torch.equal(o, xi) or torch.equal(o, xi.flip(-1))
+        is_cutout = bool(((o == xi) | (o == 0)).all() and (o == 0).any())  # a cutout always cuts
+        assert is_flip != is_cutout
+        applied.append(is_flip)
+    applied = torch.tensor(applied)
+    assert torch.equal(applied[:20], applied[20:])  # both images of a group: the same op
+    assert 0 < int(applied.sum()) < 40  # and the groups did not all draw the same one
 
 
 # ---------------------------------------------------------------- Siamese groups

@@ -119,7 +119,12 @@ def _check_generator(generator: torch.Generator, x: torch.Tensor) -> None:
 
 @dataclass(frozen=True)
 class DSAParams:
-    """The paper code's `ParamDiffAug` values. aug_mode 'S': one op per call; 'M': every op, in order."""
+    """The paper code's `ParamDiffAug` values. aug_mode 'S': one op per group (one per call when there are
+    no groups); 'M': every op, in order.
+
+    align_corners: how scale and rotate resample. The paper's distillation code (its DC/DSA/DM steps, inner
+    loops and in-run evaluations) uses grid_sample's default, False; its validate.py uses True.
+    """
 
     aug_mode: str = "S"
     prob_flip: float = 0.5
@@ -130,8 +135,10 @@ class DSAParams:
     brightness: float = 1.0
     saturation: float = 2.0
     contrast: float = 0.5
+    align_corners: bool = True
 
 
+DISTILLATION_DSA = DSAParams(align_corners=False)  # the paper's distillation copy of DiffAugment
 DEFAULT_DSA_STRATEGY = "color_crop_cutout_flip_scale_rotate"
 
 
@@ -237,14 +244,14 @@ def apply_flip(x: torch.Tensor, p: Params) -> torch.Tensor:
     return torch.where(p["flip"].view(-1, 1, 1, 1), x.flip(-1), x)
 
 
-def apply_scale(x: torch.Tensor, p: Params) -> torch.Tensor:
-    """theta = diag(sx, sy) on the normalized grid (align_corners=True): sx > 1 shrinks the content."""
-    return _affine(x, _diag_theta(p["scale_w"], p["scale_h"]), align_corners=True)
+def apply_scale(x: torch.Tensor, p: Params, align_corners: bool = True) -> torch.Tensor:
+    """theta = diag(sx, sy) on the normalized grid: sx > 1 shrinks the content."""
+    return _affine(x, _diag_theta(p["scale_w"], p["scale_h"]), align_corners=align_corners)
 
 
-def apply_rotate(x: torch.Tensor, p: Params) -> torch.Tensor:
+def apply_rotate(x: torch.Tensor, p: Params, align_corners: bool = True) -> torch.Tensor:
     """theta = [[cos a, -sin a, 0], [sin a, cos a, 0]] on the normalized grid, as the paper code."""
-    return _affine(x, _rotation_theta(p["angle"].to(_theta_dtype(x))), align_corners=True)
+    return _affine(x, _rotation_theta(p["angle"].to(_theta_dtype(x))), align_corners=align_corners)
 
 
 DSA_OPS: dict[str, Callable[[torch.Tensor, Params], torch.Tensor]] = {
@@ -255,6 +262,54 @@ DSA_OPS: dict[str, Callable[[torch.Tensor, Params], torch.Tensor]] = {
     "scale": apply_scale,
     "rotate": apply_rotate,
 }
+_RESAMPLING_OPS = ("scale", "rotate")  # the ops that take align_corners
+
+
+def apply_dsa_op(op: str, x: torch.Tensor, p: Params, settings: DSAParams = DSAParams()) -> torch.Tensor:
+    """One DSA op on x with per-sample parameters p."""
+    if op in _RESAMPLING_OPS:
+        return DSA_OPS[op](x, p, align_corners=settings.align_corners)
+    return DSA_OPS[op](x, p)
+
+
+@dataclass(frozen=True)
+class DSAPlan:
+    """The random part of one grouped DSA call, drawn before any image is touched: which op each group
+    gets (mode 'S') and every op's parameters for every group."""
+
+    ops: list[str]
+    choice: torch.Tensor | None  # (G,) index into ops per group (mode 'S'); None: every op in order ('M')
+    params: dict[str, Params]  # op -> {name: (G, ...) tensor}
+
+
+def draw_dsa_plan(ops: list[str], num_groups: int, im_shape: Sequence[int], generator: torch.Generator,
+                  device: torch.device | str, settings: DSAParams = DSAParams()) -> DSAPlan:
+    """Draw order (fixed, for reproducibility): in mode 'S' the op of every group, then each op's parameters
+    for all groups in strategy order (also for ops no group drew, so the draws never depend on the choice)."""
+    choice = None
+    if settings.aug_mode == "S":
+        choice = torch.randint(len(ops), (num_groups,), generator=generator, device=device)
+    params = {op: draw_dsa_params(op, num_groups, im_shape, generator, device, settings) for op in ops}
+    return DSAPlan(list(ops), choice, params)
+
+
+def apply_dsa_plan(x: torch.Tensor, plan: DSAPlan, groups: torch.Tensor,
+                   settings: DSAParams = DSAParams()) -> torch.Tensor:
+    """Augment x (N, C, H, W), sample i as group groups[i] drew. Mode 'S': each op runs once, on the
+    samples whose group drew it (so every image is augmented once, with at most len(ops) calls)."""
+    if plan.choice is None:
+        for op in plan.ops:
+            x = apply_dsa_op(op, x, gather_params(plan.params[op], groups), settings)
+        return x
+    sample_choice = plan.choice.index_select(0, groups)
+    order = torch.argsort(sample_choice, stable=True)  # the samples of op 0, then of op 1, ...
+    counts = torch.bincount(sample_choice, minlength=len(plan.ops)).tolist()  # the one read from the device
+    pieces = []
+    for op, idx in zip(plan.ops, order.split(counts)):
+        if len(idx):
+            pieces.append(apply_dsa_op(op, x.index_select(0, idx), gather_params(plan.params[op], groups[idx]),
+                                       settings))
+    return torch.empty_like(x).index_copy(0, order, torch.cat(pieces))
 
 
 def dsa_augment(
@@ -267,56 +322,60 @@ def dsa_augment(
 ) -> torch.Tensor:
     """Differentiable Siamese augmentation of a batch x (N, C, H, W).
 
-    groups: optional LongTensor (N,) of ids in [0, G). Parameters are drawn once per group and gathered,
-    so all images of a group get the identical transform (e.g. real + synthetic images of a class with
-    group = class id). None: every image its own parameters. num_groups: G, when known, saves reading
-    groups.max() back from the device and makes the draws independent of which groups are present.
-    Mode 'S' picks ONE op of the strategy per call for the whole batch; mode 'M' applies all, in order.
-    All randomness comes from `generator` (on x's device).
+    groups: optional LongTensor (N,) of ids in [0, G). Each group draws its own op (mode 'S') and its own
+    parameters, shared by all its images: e.g. the real + synthetic images of a class with group = class id,
+    as the paper's per-class DiffAugment calls with one seed per class. num_groups: G, when known, saves
+    reading groups.max() back from the device and makes the draws independent of which groups are present.
+    None: the paper's plain call — ONE op (mode 'S') for the whole batch, every image its own parameters.
+    Mode 'M' applies every op, in order. All randomness comes from `generator` (on x's device).
     """
     ops = parse_strategy(strategy, tuple(DSA_OPS), "DSA")
     if not ops or x.shape[0] == 0:
         return x
     _check_generator(generator, x)
-    if params.aug_mode == "S":
-        pick = torch.randint(len(ops), (1,), generator=generator, device=x.device)
-        ops = [ops[int(pick.item())]]
-    elif params.aug_mode != "M":
+    if params.aug_mode not in ("S", "M"):
         raise UserError(f"unknown DSA aug_mode {params.aug_mode!r}; use 'S' (one op) or 'M' (all ops)")
     if groups is None:
-        count = x.shape[0]
-    else:
-        if groups.dim() != 1 or groups.shape[0] != x.shape[0]:
-            raise ValueError(f"groups must have shape ({x.shape[0]},), got {tuple(groups.shape)}")
-        groups = groups.to(device=x.device, dtype=torch.long)
-        count = int(num_groups) if num_groups is not None else int(groups.max().item()) + 1
-    for op in ops:
-        drawn = draw_dsa_params(op, count, x.shape, generator, x.device, params)
-        x = DSA_OPS[op](x, drawn if groups is None else gather_params(drawn, groups))
-    return x.contiguous()
+        if params.aug_mode == "S":
+            pick = torch.randint(len(ops), (1,), generator=generator, device=x.device)
+            ops = [ops[int(pick.item())]]
+        for op in ops:
+            x = apply_dsa_op(op, x, draw_dsa_params(op, x.shape[0], x.shape, generator, x.device, params), params)
+        return x.contiguous()
+    if groups.dim() != 1 or groups.shape[0] != x.shape[0]:
+        raise ValueError(f"groups must have shape ({x.shape[0]},), got {tuple(groups.shape)}")
+    groups = groups.to(device=x.device, dtype=torch.long)
+    count = int(num_groups) if num_groups is not None else int(groups.max().item()) + 1
+    plan = draw_dsa_plan(ops, count, x.shape, generator, x.device, params)
+    return apply_dsa_plan(x, plan, groups, params).contiguous()
 
 
 def siamese_augment(real: torch.Tensor, syn: torch.Tensor, strategy: str | None, generator: torch.Generator,
-                    params: DSAParams = DSAParams()) -> tuple[torch.Tensor, torch.Tensor]:
-    """DSA on class-major real (C, n, ...) and synthetic (C, ipc, ...) images in one call; group = class,
-    so the real and synthetic images of a class get the identical transform (the paper's shared seed),
-    and every class its own."""
-    num_classes, n = real.shape[:2]
-    both = torch.cat([real, syn], dim=1)  # (C, n + ipc, ch, H, W)
-    groups = torch.arange(num_classes, device=real.device).repeat_interleave(both.shape[1])
-    out = dsa_augment(both.flatten(0, 1), strategy, generator, groups=groups, params=params,
-                      num_groups=num_classes)
-    out = out.reshape(both.shape)
-    return out[:, :n], out[:, n:]
+                    params: DSAParams = DISTILLATION_DSA) -> tuple[torch.Tensor, torch.Tensor]:
+    """DSA on class-major real (C, n, ...) and synthetic (C, ipc, ...) images: one draw per class (its op in
+    mode 'S' and its parameters), so the real and synthetic images of a class get the identical transform
+    (the paper's shared seed) and every class its own. The real images take no gradient: they are
+    augmented without autograd, and only the synthetic side is recorded for the backward pass."""
+    ops = parse_strategy(strategy, tuple(DSA_OPS), "DSA")
+    if not ops:
+        return real, syn
+    _check_generator(generator, syn)
+    num_classes = real.shape[0]
+    plan = draw_dsa_plan(ops, num_classes, real.shape, generator, real.device, params)
+    classes = torch.arange(num_classes, device=real.device)
+    with torch.set_grad_enabled(real.requires_grad and torch.is_grad_enabled()):
+        out_real = apply_dsa_plan(real.flatten(0, 1), plan, classes.repeat_interleave(real.shape[1]), params)
+    out_syn = apply_dsa_plan(syn.flatten(0, 1), plan, classes.repeat_interleave(syn.shape[1]), params)
+    return out_real.view(real.shape), out_syn.view(syn.shape)
 
 
-def dsa_augmenter(strategy: str | None) -> Augment | None:
-    """`augment(x, generator)` applying DSA with `strategy` (each image its own parameters); None for no
-    augmentation. Unknown ops are refused here, before any training starts."""
+def dsa_augmenter(strategy: str | None, params: DSAParams = DSAParams()) -> Augment | None:
+    """`augment(x, generator)` applying DSA with `strategy` (one op per call, each image its own
+    parameters); None for no augmentation. Unknown ops are refused here, before any training starts."""
     parse_strategy(strategy, tuple(DSA_OPS), "DSA")
     if is_identity(strategy):
         return None
-    return lambda x, generator: dsa_augment(x, strategy, generator)
+    return lambda x, generator: dsa_augment(x, strategy, generator, params=params)
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -13,7 +13,15 @@ from methods.clom import ClomOptions, check_clom_options
 from methods.DC_DSA_DM.gradient_matching import METRICS
 from methods.DC_DSA_DM.synset import INITS
 from networks import list_networks
-from utils.augment import DEFAULT_DSA_STRATEGY, Augment, dc_aug_strategy, dc_augmenter, dsa_augmenter, is_identity
+from utils.augment import (
+    DEFAULT_DSA_STRATEGY,
+    DISTILLATION_DSA,
+    Augment,
+    dc_aug_strategy,
+    dc_augmenter,
+    dsa_augmenter,
+    is_identity,
+)
 from utils.misc import SettingError
 
 METHODS = ("DC", "DSA", "DM")
@@ -119,12 +127,13 @@ def evaluation_iterations(cfg: DistillConfig) -> set[int]:
 
 
 def eval_augmentation(cfg: DistillConfig, dataset: str, model_eval: str) -> tuple[Augment | None, int]:
-    """(augment, epochs) for evaluation, as the paper: DSA augmentation for DSA (1000 epochs) and DM
-    (epoch_eval_train); for DC its DC augmentation, with 1000 epochs when that is not 'none'."""
+    """(augment, epochs) for evaluation during a run, as the paper: DSA augmentation (its distillation code's,
+    align_corners False) for DSA (1000 epochs) and DM (epoch_eval_train); for DC its DC augmentation, with
+    1000 epochs when that is not 'none'."""
     strategy = cfg.augmentation
     if strategy is not None:
         epochs = AUGMENTED_EVAL_EPOCHS if cfg.method == "DSA" else cfg.epoch_eval_train
-        return dsa_augmenter(strategy), epochs
+        return dsa_augmenter(strategy, DISTILLATION_DSA), epochs  # the paper's distillation-code DSA
     if cfg.method == "DC":
         augment = dc_augmenter(dc_aug_strategy(dataset, model_eval))
         if augment is not None:

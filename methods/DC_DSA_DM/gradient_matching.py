@@ -29,7 +29,7 @@ from torch.func import functional_call, grad, vmap
 
 from methods.DC_DSA_DM.synset import RealSampler, class_labels, per_class
 from networks import batchnorm_layers, has_batchnorm
-from utils.augment import dsa_augmenter, siamese_augment
+from utils.augment import DISTILLATION_DSA, dsa_augmenter, siamese_augment
 from utils.engine import Schedule, TensorSource, train_models
 from utils.misc import UserError
 
@@ -177,7 +177,7 @@ def gradient_matching_iteration(make_network: Callable[[], nn.Module], sample_re
     labels = class_labels(num_classes, settings.ipc, image_syn.device).reshape(-1)
     inner_schedule = Schedule(epochs=inner_loop, batch_size=settings.batch_train, lr=settings.lr_net,
                               momentum=0.0, weight_decay=0.0)
-    inner_augment = dsa_augmenter(settings.augmentation)
+    inner_augment = dsa_augmenter(settings.augmentation, DISTILLATION_DSA)
     mine = settings.classes
     total = 0.0
     for step in range(outer_loop):
