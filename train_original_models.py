@@ -18,7 +18,7 @@ import torch
 from utils import distributed
 from utils.cli import check_at_least, fix_seed, run_cli, start_process, training_parser
 from utils.data import load_dataset
-from utils.engine import Schedule, build_seeded_network, evaluate_models, train_models
+from utils.engine import EpochHook, Schedule, build_seeded_network, evaluate_models, train_models
 from utils.io import (
     POOL_INFO_NAME,
     atomic_json_save,
@@ -105,9 +105,8 @@ def main(argv=None) -> None:
     if args.epochs == 0:
         save_and_test(0, list(range(len(models))), models)
     else:
-        train_models(models, data.train, schedule, generators, on_epoch_end=save_and_test,
-                     callback_every=args.save_every, stack=False if args.no_stack else None,
-                     desc=f"train {args.model}")
+        train_models(models, data.train, schedule, generators, hook=EpochHook(save_and_test, args.save_every),
+                     stack=False if args.no_stack else None, desc=f"train {args.model}")
     elapsed = time.time() - start
     final = [info["test_acc"][str(max(info["epochs_saved"]))] for info in infos]
     for (index, run_dir), acc in zip(runs, final):

@@ -20,7 +20,7 @@ from utils import distributed
 from utils.augment import DEFAULT_DSA_STRATEGY, dsa_augmenter
 from utils.cli import check_at_least, fix_seed, run_cli, start_process, training_parser
 from utils.data import load_dataset
-from utils.engine import Schedule, TensorSource, train_and_test
+from utils.engine import NetworkSpec, Schedule, TensorSource, train_and_test
 from utils.io import atomic_json_save, atomic_torch_save, first_free_path, load_result_file, reserve_run_dir, to_plain
 from utils.misc import UserError, parse_int_list, setup_logging
 
@@ -82,12 +82,11 @@ def main(argv=None):
                 seed, device, spec.name, len(labels), len(data.test), args.normalize_data, args.dsa)
 
     schedule = Schedule(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
-                        weight_decay=args.weight_decay, milestones=tuple(milestones))
-    result = train_and_test(args.model, TensorSource(images, labels), data.test, schedule,
-                            [seed + k for k in range(args.num_eval)], channel=spec.channel,
-                            num_classes=spec.num_classes, im_size=spec.im_size, device=device, augment=augment,
-                            test_every=args.save_every, keep_best_states=args.save_model,
-                            desc=f"validate {args.model}", dist=dist)
+                        weight_decay=args.weight_decay, milestones=tuple(milestones), augment=augment)
+    network = NetworkSpec(args.model, spec.channel, spec.num_classes, spec.im_size)
+    result = train_and_test(network, [seed + k for k in range(args.num_eval)],
+                            TensorSource(images, labels, spec.num_classes), data.test, schedule, device=device,
+                            test_every=args.save_every, keep_best_states=args.save_model, dist=dist)
     for k, (final, best, epoch) in enumerate(zip(result.final, result.best, result.best_epoch)):
         logger.info("network %d: final test acc %.4f | best %.4f at epoch %d", k, final, best, epoch)
     logger.info("%s on %s (%d networks): final %s | best %s", args.model, Path(args.synthesis_data_path).name,

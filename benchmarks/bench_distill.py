@@ -41,7 +41,7 @@ from methods.DC_DSA_DM.gradient_matching import get_loops, gradient_matching_los
 from methods.DC_DSA_DM.synset import class_labels  # noqa: E402
 from methods.reference import distribution_matching_loss_loop, gradient_matching_loss_loop  # noqa: E402
 from networks import build_network  # noqa: E402
-from utils.augment import DEFAULT_DSA_STRATEGY, dsa_augment, siamese_augment  # noqa: E402
+from utils.augment import DEFAULT_DSA_STRATEGY, DISTILLATION_DSA, dsa_augment, dsa_augmenter, siamese_augment  # noqa: E402
 from utils.engine import Schedule, TensorSource, train_models  # noqa: E402
 from utils.misc import make_generator  # noqa: E402
 
@@ -102,8 +102,8 @@ def make_iteration(method: str, batched: bool, model, real, syn, device):
     step = make_step(method, batched, model, real, syn, device)
     start_images, start_weights = syn.detach().clone(), {k: v.clone() for k, v in model.state_dict().items()}
     labels = class_labels(syn.shape[0], syn.shape[1], device).flatten()
-    inner = Schedule(epochs=inner_loop, batch_size=256, lr=0.01, momentum=0.0, weight_decay=0.0)
-    augment = (lambda x, g: dsa_augment(x, DEFAULT_DSA_STRATEGY, g)) if method == "DSA" else None
+    augment = dsa_augmenter(DEFAULT_DSA_STRATEGY, DISTILLATION_DSA) if method == "DSA" else None
+    inner = Schedule(epochs=inner_loop, batch_size=256, lr=0.01, momentum=0.0, weight_decay=0.0, augment=augment)
 
     def iteration():
         with torch.no_grad():
@@ -117,7 +117,7 @@ def make_iteration(method: str, batched: bool, model, real, syn, device):
             if i == outer_loop - 1:
                 break
             train_models([model], TensorSource(syn.detach().flatten(0, 1), labels), inner,
-                         [make_generator(i, device)], augment=augment)
+                         [make_generator(i, device)])
         return total
 
     return iteration

@@ -143,5 +143,5 @@ def test_clom_class_sums_on_cuda_equal_the_matrix_formula():
 
 def test_default_stacking_is_for_one_batch_sets_on_cuda():
     models = [build_seeded_network("ConvNet", 3, C, SHAPE[1:], s, CUDA) for s in (1, 2)]
-    assert [ids for ids, _ in engine._groups(models, None, None, batches_per_epoch=1)] == [[0, 1]]
-    assert [ids for ids, _ in engine._groups(models, None, None, batches_per_epoch=2)] == [[0], [1]]
+    assert [ids for ids, _ in engine._groups(models, None, batches_per_epoch=1)] == [[0, 1]]
+    assert [ids for ids, _ in engine._groups(models, None, batches_per_epoch=2)] == [[0], [1]]

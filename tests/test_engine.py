@@ -8,6 +8,7 @@ import torch
 from networks import batchnorm_layers
 from utils import engine
 from utils.engine import (
+    NetworkSpec,
     Schedule,
     TensorSource,
     build_seeded_network,
@@ -30,8 +31,9 @@ def _toy_source(n=48, seed=0):
 def _train(stack: bool, name="ConvNetW32", augment=None, epochs=2, seeds=(11, 12, 13), models=None):
     source = _toy_source()
     models = models or [build_seeded_network(name, 1, 4, (8, 8), s) for s in seeds]
-    schedule = Schedule(epochs=epochs, batch_size=10, lr=0.05, momentum=0.9, weight_decay=5e-3, milestones=(1,))
-    train_models(models, source, schedule, [make_generator(s) for s in seeds], augment=augment, stack=stack)
+    schedule = Schedule(epochs=epochs, batch_size=10, lr=0.05, momentum=0.9, weight_decay=5e-3, milestones=(1,),
+                        augment=augment)
+    train_models(models, source, schedule, [make_generator(s) for s in seeds], stack=stack)
     return models
 
 
@@ -105,13 +107,13 @@ def test_paper_eval_schedule_matches_paper():
 def test_train_and_test_reports_final_and_best():
     source = _toy_source()
     schedule = Schedule(epochs=4, batch_size=16, lr=0.05)
-    result = train_and_test("ConvNetW32", source, source, schedule, [0, 1], channel=1, num_classes=4,
-                            im_size=(8, 8), device="cpu", test_every=2, keep_best_states=True)
+    result = train_and_test(NetworkSpec("ConvNetW32", 1, 4, (8, 8)), [0, 1], source, source, schedule, device="cpu",
+                            test_every=2, keep_best_states=True)
     assert len(result.final) == 2 and all(b >= f for b, f in zip(result.best, result.final))
     assert result.best_epoch[0] in (2, 4) and set(result.best_states[0]) >= {"classifier.weight"}
 
 
 def test_default_never_stacks_on_cpu():
     models = [build_seeded_network("ConvNetW32", 1, 4, (8, 8), s) for s in (1, 2)]
-    assert [ids for ids, _ in engine._groups(models, None, None, batches_per_epoch=1)] == [[0], [1]]
-    assert [ids for ids, _ in engine._groups(models, True, None, batches_per_epoch=5)] == [[0, 1]]
+    assert [ids for ids, _ in engine._groups(models, None, batches_per_epoch=1)] == [[0], [1]]
+    assert [ids for ids, _ in engine._groups(models, True, batches_per_epoch=5)] == [[0, 1]]

@@ -383,19 +383,21 @@ def dsa_augmenter(strategy: str | None, params: DSAParams = DSAParams()) -> Augm
 # ----------------------------------------------------------------------------------------------------------
 
 
-def draw_dc_params(
-    op: str,
-    num: int,
-    im_shape: Sequence[int],
-    generator: torch.Generator,
-    device: torch.device | str,
-    crop: int = 4,
-    scale: float = 0.2,
-    rotate: int = 45,
-    noise: float = 0.001,
-) -> Params:
+@dataclass(frozen=True)
+class DCParams:
+    """The paper code's DC augmentation settings (its get_daparam)."""
+
+    crop: int = 4  # pixels
+    scale: float = 0.2
+    rotate: int = 45  # degrees
+    noise: float = 0.001  # standard deviation
+
+
+def draw_dc_params(op: str, num: int, im_shape: Sequence[int], generator: torch.Generator,
+                   device: torch.device | str, settings: DCParams = DCParams()) -> Params:
     """Per-image parameters of one DC op; `im_shape` ends with (C, H, W)."""
     g, dev = generator, device
+    crop, scale, rotate, noise = settings.crop, settings.scale, settings.rotate, settings.noise
     if op == "crop":  # the paper's window offset permutation(2*crop)[0] in the padded image, minus crop
         return {
             "shift_h": _randint(num, 0, 2 * crop, g, dev) - crop,
@@ -465,15 +467,8 @@ DC_OPS: dict[str, Callable[[torch.Tensor, Params], torch.Tensor]] = {
 }
 
 
-def dc_augment(
-    x: torch.Tensor,
-    strategy: str | None,
-    generator: torch.Generator,
-    crop: int = 4,
-    scale: float = 0.2,
-    rotate: int = 45,
-    noise: float = 0.001,
-) -> torch.Tensor:
+def dc_augment(x: torch.Tensor, strategy: str | None, generator: torch.Generator,
+               settings: DCParams = DCParams()) -> torch.Tensor:
     """The paper code's DC augmentation: every image picks ONE op of the strategy uniformly at random.
 
     Draw order (fixed, for reproducibility): the per-image op choice, then each op's parameters for the
@@ -487,7 +482,7 @@ def dc_augment(
     choice = torch.randint(len(ops), (n,), generator=generator, device=x.device)
     out = x
     for k, op in enumerate(ops):
-        drawn = draw_dc_params(op, n, x.shape, generator, x.device, crop, scale, rotate, noise)
+        drawn = draw_dc_params(op, n, x.shape, generator, x.device, settings)
         out = torch.where((choice == k).view(-1, 1, 1, 1), DC_OPS[op](x, drawn), out)
     return out
 

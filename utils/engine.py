@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -71,6 +71,16 @@ class Schedule:
     milestones: tuple[int, ...] = ()  # lr *= gamma once this many epochs are done
     gamma: float = 0.1
     restart_optimizer: bool = False  # the paper's synthetic-set evaluation builds a fresh SGD at the decay
+    augment: Augment | None = None  # applied to every training batch, each model with its own generator
+
+
+@dataclass(frozen=True)
+class EpochHook:
+    """`call(epoch, model_ids, models)` every `every` epochs and after the last, with the trained weights in
+    the modules (e.g. to test or save them)."""
+
+    call: Callable[[int, list[int], list[nn.Module]], None]
+    every: int = 1
 
 
 class _Stack:
@@ -129,23 +139,19 @@ class _Single:
         pass
 
 
-def _groups(models: Sequence[nn.Module], stack: bool | None, max_stack: int | None,
+def _groups(models: Sequence[nn.Module], stack: bool | None,
             batches_per_epoch: int = 1) -> list[tuple[list[int], object]]:
     """Split model ids into runners: stacked chunks where possible, single models otherwise.
 
     stack=None stacks only on CUDA and only when an epoch is one batch (a synthetic set): there each model's
     step is a few small kernels that leave the GPU idle, and one vmapped ensemble fills it. With more data
-    each model's batches already fill the GPU. Measured with benchmarks/bench_train_pool.py, 10 ConvNets,
-    batch 256, H200: 100 images 1.84x, 1000 images 0.89x, 10000 images 0.86x; on 2 CPU cores 0.56x.
+    each model's batches already fill the GPU, and on a CPU stacking does not pay (README, *Benchmarks*).
     """
     ids = list(range(len(models)))
     if stack is None:
         stack = bool(models) and next(models[0].parameters()).is_cuda and batches_per_epoch == 1
     if stack and len(models) > 1 and all(supports_stacking(m) for m in models):
-        size = max_stack or len(models)
-        chunks = [ids[i : i + size] for i in range(0, len(ids), size)]
-        return [(chunk, _Stack([models[i] for i in chunk]) if len(chunk) > 1 else _Single(models[chunk[0]]))
-                for chunk in chunks]
+        return [(ids, _Stack(models))]
     return [([i], _Single(models[i])) for i in ids]
 
 
@@ -153,8 +159,9 @@ def _sgd(params, schedule: Schedule, lr: float) -> torch.optim.SGD:
     return torch.optim.SGD(params, lr=lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay)
 
 
-def _train_runner(runner, source, schedule: Schedule, generators, augment, on_epoch_end, callback_every,
-                  model_ids, progress: tqdm | None) -> None:
+def _train_runner(runner, source, schedule: Schedule, generators, hook: EpochHook | None, model_ids,
+                  progress: tqdm | None) -> None:
+    augment = schedule.augment
     n, k = len(source), len(generators)
     labels = source.labels
     lr = schedule.lr
@@ -190,29 +197,27 @@ def _train_runner(runner, source, schedule: Schedule, generators, augment, on_ep
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{loss_sum.item() / (n * k):.4f}", acc=f"{correct.item() / (n * k):.4f}")
-        if on_epoch_end is not None and (epoch % callback_every == 0 or epoch == schedule.epochs):
+        if hook is not None and (epoch % hook.every == 0 or epoch == schedule.epochs):
             runner.write_back()
-            on_epoch_end(epoch, model_ids, runner.models)
+            hook.call(epoch, model_ids, runner.models)
             runner.train()
     runner.write_back()
 
 
-def train_models(models: Sequence[nn.Module], source, schedule: Schedule, generators: Sequence[torch.Generator],
-                 augment: Augment | None = None, on_epoch_end=None, callback_every: int = 1, stack: bool | None = None,
-                 max_stack: int | None = None, desc: str | None = None) -> list[nn.Module]:
+def train_models(models: Sequence[nn.Module], source: ImageSource, schedule: Schedule,
+                 generators: Sequence[torch.Generator], *, hook: EpochHook | None = None, stack: bool | None = None,
+                 desc: str | None = None) -> list[nn.Module]:
     """Train `models` (already on the data's device) with SGD + cross-entropy, in place.
 
-    generators[k] drives model k's batch order and augmentation. `on_epoch_end(epoch, model_ids, models)`
-    is called every `callback_every` epochs and after the last, with the trained weights in the modules.
+    generators[k] drives model k's batch order and augmentation; `hook` sees the models during training.
     """
     if len(generators) != len(models):
         raise ValueError("one generator per model is needed")
-    groups = _groups(models, stack, max_stack, batches_per_epoch=math.ceil(len(source) / schedule.batch_size))
+    groups = _groups(models, stack, batches_per_epoch=math.ceil(len(source) / schedule.batch_size))
     total = schedule.epochs * len(groups)
     with tqdm(total=total, desc=desc, disable=progress_disabled() or desc is None, leave=False) as progress:
         for ids, runner in groups:
-            _train_runner(runner, source, schedule, [generators[i] for i in ids], augment, on_epoch_end,
-                          callback_every, ids, progress)
+            _train_runner(runner, source, schedule, [generators[i] for i in ids], hook, ids, progress)
     return list(models)
 
 
@@ -221,7 +226,7 @@ def evaluate_models(models: Sequence[nn.Module], source, batch_size: int = 1024,
                     stack: bool | None = None) -> list[float]:
     """Test accuracy of each model on `source` (every model sees the same batches)."""
     accuracies = [0.0] * len(models)
-    for ids, runner in _groups(models, stack, None, batches_per_epoch=math.ceil(len(source) / batch_size)):
+    for ids, runner in _groups(models, stack, batches_per_epoch=math.ceil(len(source) / batch_size)):
         runner.train(False)
         correct = torch.zeros(len(ids), device=source.labels.device)
         for start in range(0, len(source), batch_size):
@@ -252,15 +257,27 @@ class EvalResult:
     best_states: list[dict] | None = None
 
 
-def train_and_test(model_name: str, train_source, test_source, schedule: Schedule, seeds: Sequence[int], *,
-                   channel: int, num_classes: int, im_size, device, augment: Augment | None = None,
-                   test_every: int | None = None, keep_best_states: bool = False, desc: str | None = None,
+@dataclass(frozen=True)
+class NetworkSpec:
+    """Which network to build for a data set: architecture name, input channels, classes, (H, W)."""
+
+    name: str
+    channel: int
+    num_classes: int
+    im_size: tuple[int, int]
+
+    def build(self, seed: int, device: torch.device | str = "cpu") -> nn.Module:
+        return build_seeded_network(self.name, self.channel, self.num_classes, self.im_size, seed, device)
+
+
+def train_and_test(network: NetworkSpec, seeds: Sequence[int], train_source: ImageSource, test_source: ImageSource,
+                   schedule: Schedule, *, device, test_every: int | None = None, keep_best_states: bool = False,
                    dist: DistInfo | None = None) -> EvalResult:
-    """Train one fresh `model_name` per seed on `train_source` and test them (every `test_every` epochs and
-    at the end). Under torchrun the networks are split across ranks and the results gathered everywhere."""
+    """Train one fresh `network` per seed on `train_source` and test them (every `test_every` epochs and at
+    the end). Under torchrun the networks are split across ranks and the results gathered everywhere."""
     dist = dist or DistInfo()
     mine = split_range(len(seeds), dist)
-    models = [build_seeded_network(model_name, channel, num_classes, im_size, seeds[i], device) for i in mine]
+    models = [network.build(seeds[i], device) for i in mine]
     generators = [make_generator(seeds[i], device) for i in mine]
     best = [-1.0] * len(mine)
     best_epoch = [0] * len(mine)
@@ -276,8 +293,8 @@ def train_and_test(model_name: str, train_source, test_source, schedule: Schedul
                     best_states[slot] = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
 
     if models:
-        train_models(models, train_source, schedule, generators, augment=augment, on_epoch_end=test,
-                     callback_every=test_every or schedule.epochs or 1, desc=desc)
+        hook = EpochHook(test, test_every or schedule.epochs or 1)
+        train_models(models, train_source, schedule, generators, hook=hook, desc=f"train {network.name}")
         if schedule.epochs == 0:
             test(0, list(range(len(models))), models)
     parts = gather_objects(dist, (final, best, best_epoch, best_states if keep_best_states else None))
@@ -291,8 +308,8 @@ def train_and_test(model_name: str, train_source, test_source, schedule: Schedul
     return result
 
 
-def paper_eval_schedule(epochs: int, lr: float, batch_size: int) -> Schedule:
+def paper_eval_schedule(epochs: int, lr: float, batch_size: int, augment: Augment | None = None) -> Schedule:
     """The paper's synthetic-set evaluation: epochs+1 passes, SGD(momentum .9, wd 5e-4), and after the pass
     numbered epochs//2+1 (0-based) a fresh optimizer at lr×0.1."""
     return Schedule(epochs=epochs + 1, batch_size=batch_size, lr=lr, milestones=(epochs // 2 + 2,),
-                    restart_optimizer=True)
+                    restart_optimizer=True, augment=augment)

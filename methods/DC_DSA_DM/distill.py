@@ -33,7 +33,7 @@ from methods.DC_DSA_DM.run_state import RunState, RunStore
 from methods.DC_DSA_DM.synset import class_labels, initial_images, visualization_png
 from utils.data import LoadedDataset
 from utils.distributed import DistInfo, all_reduce_sum_, barrier, split_range
-from utils.engine import TensorSource, build_seeded_network, paper_eval_schedule, train_and_test
+from utils.engine import NetworkSpec, TensorSource, build_seeded_network, paper_eval_schedule, train_and_test
 from utils.misc import UserError, derive_seed, get_logger, make_generator, progress_disabled
 
 
@@ -184,11 +184,10 @@ def evaluate(cfg: DistillConfig, res: Resources, images: Tensor, labels: Tensor,
         augment, epochs = eval_augmentation(cfg, spec.name, model_eval)
         accs = []
         if seeds:
-            accs = train_and_test(model_eval, TensorSource(images, labels), res.data.test,
-                                  paper_eval_schedule(epochs, cfg.lr_net, cfg.batch_train), seeds,
-                                  channel=spec.channel, num_classes=spec.num_classes, im_size=spec.im_size,
-                                  device=res.device, augment=augment, desc=f"evaluate {model_eval}",
-                                  dist=res.dist).final
+            network = NetworkSpec(model_eval, spec.channel, spec.num_classes, spec.im_size)
+            schedule = paper_eval_schedule(epochs, cfg.lr_net, cfg.batch_train, augment)
+            accs = train_and_test(network, seeds, TensorSource(images, labels, spec.num_classes), res.data.test,
+                                  schedule, device=res.device, dist=res.dist).final
             get_logger().info("%s: %d random %s (%d epochs): test acc mean %.4f std %.4f", label, len(accs),
                               model_eval, epochs, np.mean(accs), np.std(accs))
         results[model_eval] = [float(a) for a in accs]

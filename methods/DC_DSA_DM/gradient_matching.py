@@ -176,8 +176,8 @@ def gradient_matching_iteration(make_network: Callable[[], nn.Module], sample_re
     num_classes = image_syn.shape[0] // settings.ipc
     labels = class_labels(num_classes, settings.ipc, image_syn.device).reshape(-1)
     inner_schedule = Schedule(epochs=inner_loop, batch_size=settings.batch_train, lr=settings.lr_net,
-                              momentum=0.0, weight_decay=0.0)
-    inner_augment = dsa_augmenter(settings.augmentation, DISTILLATION_DSA)
+                              momentum=0.0, weight_decay=0.0,
+                              augment=dsa_augmenter(settings.augmentation, DISTILLATION_DSA))
     mine = settings.classes
     total = 0.0
     for step in range(outer_loop):
@@ -198,8 +198,7 @@ def gradient_matching_iteration(make_network: Callable[[], nn.Module], sample_re
         total += step_images(loss)
         if step == outer_loop - 1:
             break
-        train_models([net], TensorSource(image_syn.detach(), labels), inner_schedule, [generator],
-                     augment=inner_augment)
+        train_models([net], TensorSource(image_syn.detach(), labels, num_classes), inner_schedule, [generator])
     return total / (num_classes * outer_loop)
 
 
