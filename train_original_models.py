@@ -108,6 +108,9 @@ def main(argv=None) -> None:
         train_models(models, data.train, schedule, generators, hook=EpochHook(save_and_test, args.save_every),
                      stack=False if args.no_stack else None, desc=f"train {args.model}")
     elapsed = time.time() - start
+    for (_, run_dir), info in zip(runs, infos):  # the time this process took for all its models
+        info.update(wall_time_s=round(elapsed, 2), models_in_this_process=len(models))
+        atomic_json_save(info, run_dir / POOL_INFO_NAME, overwrite=True)
     final = [info["test_acc"][str(max(info["epochs_saved"]))] for info in infos]
     for (index, run_dir), acc in zip(runs, final):
         logger.info("done index_%d: final test acc %.4f -> %s", index, acc, run_dir)

@@ -59,6 +59,9 @@ def check_layout(result: Path, ipc: int, eval_models: list[str], num_eval: int) 
     for accs in content["accs_all_exps"].values():
         assert len(accs) == num_eval and all(type(a) is float and 0 <= a <= 1 for a in accs)
     assert content["normalized"] is True and content["seed"] == 0
+    # what a sweep's summary needs: the settings, the flags that made them, and the wall time
+    assert content["config"]["ipc"] == ipc and content["args"]["ipc"] == ipc and content["args"]["random_seed"] == 0
+    assert isinstance(content["wall_time_s"], float) and content["wall_time_s"] > 0
     return content
 
 
@@ -121,10 +124,12 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(tmp_path, cli, method)
     name, resumed = f"{method}_Digits_ConvNet_2ipc", tmp_path / "resumed/original_method"
     assert (resumed / f"checkpoint_{name}.pt").is_file()
     assert not (resumed / f"res_{name}.pt").exists()
+    before = load(resumed / f"checkpoint_{name}.pt")["wall_time_s"]
     assert run(cli, *common, "--save_path", "resumed", "--resume") == 0
     straight_set = load(tmp_path / f"straight/original_method/res_{name}.pt")["data"][0][0]
-    resumed_set = load(resumed / f"res_{name}.pt")["data"][0][0]
-    assert torch.equal(straight_set, resumed_set)
+    resumed_result = load(resumed / f"res_{name}.pt")
+    assert torch.equal(straight_set, resumed_result["data"][0][0])
+    assert resumed_result["wall_time_s"] > before > 0  # the wall time of both processes
     assert not (resumed / f"checkpoint_{name}.pt").exists()
 
 

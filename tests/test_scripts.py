@@ -43,6 +43,7 @@ def test_pool_training_layout_and_info(workdir):
         assert info["dataset"] == "Digits" and info["normalized"] is True and info["seed"] == k
         assert info["channel"] == 1 and info["im_size"] == [8, 8] and info["num_classes"] == 10
         assert set(info["test_acc"]) == {"1", "2"} and 0.0 <= info["test_acc"]["2"] <= 1.0
+        assert info["wall_time_s"] > 0 and info["models_in_this_process"] == 2
     assert "test acc" in (arch / "train_index_0-1.log").read_text()
     # A second run never overwrites: it takes the next free indexes.
     assert _train("--epochs", "1") == 0
@@ -97,10 +98,15 @@ def test_validate_real_subset(workdir, capsys, paper_format):
     assert "final" in out and "best" in out
     log = (workdir / "validate_ConvNetW32.log").read_text()
     final_line = [line for line in log.splitlines() if "2 networks" in line][0]
-    mean_final = float(final_line.split("final ")[1].split(" ±")[0])
+    mean_final = float(final_line.split("final test acc ")[1].split(" ±")[0])
     assert mean_final > 50.0  # ten real digits per class train a net far above chance (10%)
     saved = sorted((workdir / "pretrained_model/Digits/DC/IPC10/ConvNetW32").glob("index_*/*.pth"))
     assert len(saved) == 2
+    [report] = workdir.glob("validate_ConvNetW32_seed0.json")
+    record = json.loads(report.read_text())
+    assert len(record["final"]) == len(record["best"]) == 2 and record["test_evaluations"] == 2
+    assert "optimistic" in record["best_is"] and record["wall_time_s"] > 0 and record["args"]["dsa"] is True
+    assert record["seed"] == 0 and record["dataset"] == "Digits" and record["model"] == "ConvNetW32"
 
 
 def test_validate_without_normalization_maps_the_set_to_pixel_space(workdir):

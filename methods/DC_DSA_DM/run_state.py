@@ -1,17 +1,21 @@
 """Where a run keeps its files and how it starts or resumes.
 
 A run owns one save folder (the paper code's layout); in it: the result file, a checkpoint while running,
-the log, the settings, and a PNG grid per evaluation. The checkpoint holds a `RunState` — the synthetic
-images of the current experiment, the optimizer's momentum, where the run is, the finished experiments —
-plus the settings and seed, so `--resume` ends with the same synthetic set as an uninterrupted run.
+the log, the settings, and a PNG grid per evaluation. The result file is the paper code's
+{'data', 'accs_all_exps'} plus what a sweep's summary needs: the settings, the flags, the seed and the
+wall time. The checkpoint holds a `RunState` — the synthetic images of the current experiment, the
+optimizer's momentum, where the run is, the finished experiments — plus the settings and seed, so
+`--resume` ends with the same synthetic set as an uninterrupted run.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import torch
 from torch import Tensor
 
 from methods.DC_DSA_DM.config import DistillConfig
@@ -86,6 +90,7 @@ class RunState:
     optimizer_state: dict | None = None
     accs_all_exps: dict[str, list[float]] = field(default_factory=dict)
     data: list[list[Tensor]] = field(default_factory=list)  # [[images, labels], ...] of finished experiments
+    wall_time_s: float = 0.0  # seconds the run took in earlier processes (a resumed run's checkpoint)
 
     @property
     def resuming(self) -> bool:
@@ -98,6 +103,12 @@ class RunStore:
 
     def __init__(self, files: RunFiles, cfg: DistillConfig, seed: int, writes: bool = True):
         self.files, self.cfg, self.seed, self.writes = files, cfg, seed, writes
+        self.started = time.monotonic()  # wall time counts from here (plus earlier processes' share)
+        self.flags: dict | None = None  # the command line's flags, once save_settings has seen them
+
+    def wall_time_s(self, state: RunState) -> float:
+        """Seconds the run has taken so far, over every process that worked on it (resumes included)."""
+        return round(state.wall_time_s + time.monotonic() - self.started, 2)
 
     def save_checkpoint(self, state: RunState) -> None:
         if self.writes:
@@ -105,14 +116,20 @@ class RunStore:
                        "images": None if state.images is None else state.images.cpu(),
                        "optimizer_state": state.optimizer_state,
                        "accs_all_exps": to_plain(state.accs_all_exps), "data": state.data,
-                       "config": to_plain(asdict(self.cfg)), "seed": self.seed}
+                       "config": to_plain(asdict(self.cfg)), "seed": self.seed,
+                       "wall_time_s": self.wall_time_s(state)}
             atomic_torch_save(payload, self.files.checkpoint, overwrite=True)
 
     def save_result(self, state: RunState) -> None:
-        """The experiments finished so far, in the paper code's format (plus our settings and seed)."""
+        """The experiments finished so far, in the paper code's format {'data', 'accs_all_exps'}, plus
+        'normalized', the settings ('config'), the flags ('args'), the seed and the wall time so far.
+
+        accs_all_exps[model] lists, experiment after experiment, the final test accuracy of each of the
+        config's num_eval networks of that evaluation model (num_exp x num_eval values)."""
         if self.writes:
             payload = {"data": state.data, "accs_all_exps": to_plain(state.accs_all_exps), "normalized": True,
-                       "config": to_plain(asdict(self.cfg)), "seed": self.seed}
+                       "config": to_plain(asdict(self.cfg)), "seed": self.seed, "args": to_plain(self.flags),
+                       "wall_time_s": self.wall_time_s(state), "torch_version": str(torch.__version__)}
             atomic_torch_save(payload, self.files.result, overwrite=True)
 
     def save_png(self, png: bytes, exp: int, it: int) -> None:
@@ -121,6 +138,7 @@ class RunStore:
 
     def save_settings(self, flags: Mapping) -> None:
         """The command line's flags and the seed, beside the result (args_<...>.json)."""
+        self.flags = dict(flags)
         if self.writes:
             atomic_json_save(to_plain({"args": dict(flags), "seed": self.seed}), self.files.args, overwrite=True)
 
@@ -154,7 +172,7 @@ def start_or_resume(cfg: DistillConfig, files: RunFiles) -> tuple[RunState, int]
             raise UserError(f"cannot resume {files.checkpoint}: it was made with --random_seed "
                             f"{saved['seed']}")
         state = RunState(saved["exp"], saved["next_iteration"], saved["images"], saved["optimizer_state"],
-                         saved["accs_all_exps"], saved["data"])
+                         saved["accs_all_exps"], saved["data"], float(saved.get("wall_time_s", 0.0)))
         return state, int(saved["seed"])
     if files.result.exists():
         if not cfg.resume:
