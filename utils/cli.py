@@ -16,6 +16,27 @@ from utils.distributed import DistInfo
 from utils.misc import UserError, resolve_seed, seed_everything
 
 
+class HelpFormatter(argparse.RawDescriptionHelpFormatter):
+    """--help that keeps the description's line breaks and shows every flag's default: '(default: X)' is
+    appended unless the help already speaks of its default; an on/off flag reads '(default: off)'. A flag
+    whose default is None says in its help what None means."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        if action.default is argparse.SUPPRESS or "default" in text.lower():
+            return text
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            return f"{text} (default: {'on' if action.default else 'off'})"
+        if action.default is None or isinstance(action, argparse._HelpAction):
+            return text
+        value = action.default
+        if isinstance(value, (list, tuple)):
+            shown = " ".join(map(str, value)) or "none"
+        else:
+            shown = str(value) or repr(value)
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
 def add_data_flags(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", default="CIFAR10", help="data set name")
     parser.add_argument("--data_path", default=None, help="folder of the data set files (default data/<dataset>)")

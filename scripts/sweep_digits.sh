@@ -1,0 +1,79 @@
+#!/usr/bin/env bash
+# A small sweep on the bundled Digits set (offline, CPU): DM at ipc 1 and 10, without CLoM and with CLoM
+# (ce and cos distances, a pool of 2 ConvNets trained first), 2 seeds each -- 12 runs, JOBS at a time --
+# then one table of every result (summarize.py). About 10 minutes on 2 CPU cores.
+#
+#   bash scripts/sweep_digits.sh [OUT]          (default OUT: sweep_digits/<date-time>; must not exist)
+#
+# Knobs (environment variables): JOBS (runs at a time, 2), SEEDS ("0 1"), ITERATIONS (DM iterations, 200),
+# NUM_EVAL (evaluation networks per set, 3), EVAL_EPOCHS (their epochs, 100), ALPHA (CLoM weight, 10),
+# GPU (cpu; a CUDA card number to use one).
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+OUT="${1:-sweep_digits/$(date +%Y%m%d-%H%M%S)}"
+JOBS="${JOBS:-2}"
+SEEDS="${SEEDS:-0 1}"
+ITERATIONS="${ITERATIONS:-200}"
+NUM_EVAL="${NUM_EVAL:-3}"
+EVAL_EPOCHS="${EVAL_EPOCHS:-100}"
+ALPHA="${ALPHA:-10}"
+GPU="${GPU:-cpu}"
+export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"  # tiny networks: one thread per run, JOBS runs side by side
+
+if [[ -e "$OUT" ]]; then
+    echo "error: $OUT exists; pass another output folder" >&2
+    exit 2
+fi
+mkdir -p "$OUT/logs"
+cd "$OUT"
+start=$SECONDS
+
+echo "== pool: 2 ConvNets x 10 epochs on Digits (for CLoM)"
+python "$ROOT/train_original_models.py" --dataset Digits --model ConvNet --normalize_data --num 2 --epochs 10 \
+    --save_every 10 --lr_decay_step "" --random_seed 0 --gpu "$GPU" > logs/pool.txt 2>&1 \
+    || { echo "error: pool training failed; see $OUT/logs/pool.txt" >&2; exit 1; }
+
+CLOM=(--CLoM --models_pool ConvNet --model_num 2 --epoch 10 --source_dataset Digits --alphas "$ALPHA"
+      --CLoM_batch_size 0)
+pids=()
+launch() {  # launch NAME ARGS...: one distillation in the background, at most JOBS at a time
+    local name=$1
+    shift
+    (
+        if python "$ROOT/methods/DC_DSA_DM/main_DM.py" "$@" > "logs/$name.txt" 2>&1; then
+            echo "   done $name ($((SECONDS - start)) s)"
+        else
+            echo "   FAILED $name: see $OUT/logs/$name.txt" >&2
+            exit 1
+        fi
+    ) &
+    pids+=($!)
+    while (( $(jobs -rp | wc -l) >= JOBS )); do
+        wait -n || true  # failures are counted below
+    done
+}
+
+echo "== 12 DM runs, $JOBS at a time: ipc 1 and 10 x {no CLoM, CLoM ce, CLoM cos} x seeds $SEEDS"
+for ipc in 1 10; do
+    for seed in $SEEDS; do
+        run=(--dataset Digits --ipc "$ipc" --Iteration "$ITERATIONS" --batch_real 64 --num_eval "$NUM_EVAL"
+             --epoch_eval_train "$EVAL_EPOCHS" --random_seed "$seed" --gpu "$GPU"
+             --save_path "runs/IPC$ipc/seed$seed")
+        launch "DM_ipc${ipc}_seed${seed}" "${run[@]}"
+        launch "DM_ipc${ipc}_seed${seed}_ce" "${run[@]}" "${CLOM[@]}" --CLoM_distance ce
+        launch "DM_ipc${ipc}_seed${seed}_cos" "${run[@]}" "${CLOM[@]}" --CLoM_distance cos
+    done
+done
+failed=0
+for pid in "${pids[@]}"; do
+    wait "$pid" || failed=$((failed + 1))
+done
+
+echo
+echo "== results ($((SECONDS - start)) s in all; outputs in $OUT)"
+python "$ROOT/summarize.py" runs
+if (( failed )); then
+    echo "error: $failed run(s) failed (logs in $OUT/logs)" >&2
+    exit 1
+fi
