@@ -1,94 +1,168 @@
-"""Quickstart: the whole pipeline on the bundled Digits data set, offline, in a few minutes on a CPU.
+"""Quickstart: the whole pipeline on the bundled Digits data set, offline, in about 3 minutes on 2 CPU cores.
 
-    python quickstart.py
+    python quickstart.py            # the short tour
+    python quickstart.py --full     # longer: a bigger pool, more iterations, more and longer evaluations
 
 1. trains a small pool of ConvNets        (train_original_models.py)
-2. distils 10 images per class with DM    (methods/DC_DSA_DM/main_DM.py), without and with CLoM (cos, the pool)
-3. validates each synthetic set and 10 random real images per class under the same evaluation
-   (validate.py: same networks, seeds, epochs and DSA augmentation), and prints a table.
-Everything is written under --out (a new folder per run); the commands it runs are logged, so each step
-can be repeated by hand.
+2. distils 10 images per class with DM    (methods/DC_DSA_DM/main_DM.py), without and with CLoM (cos, the pool),
+   and saves the 10 random real images per class both start from
+3. validates the three sets under the same evaluation (validate.py: same networks, seeds, epochs and DSA
+   augmentation) and prints a table.
+Independent steps run side by side (--jobs). Everything is written under --out (a new folder per run): each
+step's log in logs/, and the commands it ran, so every step can be repeated by hand.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent
+# The short tour and --full: what each flag left unset takes.
+PROFILES = {
+    "short": {"pool_size": 2, "pool_epochs": 5, "iterations": 100, "num_eval": 3, "eval_epochs": 100},
+    "full": {"pool_size": 3, "pool_epochs": 20, "iterations": 400, "num_eval": 5, "eval_epochs": 300},
+}
+
+
+def _profile_help(text: str, name: str) -> str:
+    return f"{text} (default: {PROFILES['short'][name]}; with --full: {PROFILES['full'][name]})"
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default=None, help="output folder (default quickstart_runs/<time>)")
-    parser.add_argument("--ipc", type=int, default=10)
-    parser.add_argument("--pool_size", type=int, default=2, help="ConvNets in the CLoM pool")
-    parser.add_argument("--pool_epochs", type=int, default=10)
-    parser.add_argument("--iterations", type=int, default=200, help="DM iterations")
+    from utils.cli import HelpFormatter
+
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    parser.add_argument("--full", action="store_true",
+                        help="the longer tour: the --full values below (about 4x the time)")
+    parser.add_argument("--out", default=None, help="output folder, must not exist (default: quickstart_runs/<time>)")
+    parser.add_argument("--ipc", type=int, default=10, help="synthetic images per class")
+    parser.add_argument("--pool_size", type=int, default=None, help=_profile_help("ConvNets in the CLoM pool",
+                                                                                  "pool_size"))
+    parser.add_argument("--pool_epochs", type=int, default=None,
+                        help=_profile_help("epochs each pool ConvNet trains", "pool_epochs"))
+    parser.add_argument("--iterations", type=int, default=None, help=_profile_help("DM iterations", "iterations"))
     parser.add_argument("--alpha", type=float, default=10.0, help="CLoM weight")
-    parser.add_argument("--num_eval", type=int, default=3, help="evaluation networks per set")
-    parser.add_argument("--eval_epochs", type=int, default=150)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--gpu", default="0", help="CUDA card, or 'cpu'")
+    parser.add_argument("--num_eval", type=int, default=None,
+                        help=_profile_help("evaluation networks per set", "num_eval"))
+    parser.add_argument("--eval_epochs", type=int, default=None,
+                        help=_profile_help("epochs each evaluation network trains", "eval_epochs"))
+    parser.add_argument("--seed", type=int, default=0, help="seed of every step")
+    parser.add_argument("--jobs", type=int, default=2,
+                        help="steps run side by side, each with (CPU cores / jobs) threads")
+    parser.add_argument("--gpu", default="0", help="CUDA card number, or 'cpu' (the CPU is used when there is no "
+                        "CUDA)")
     return parser
 
 
-def step(title: str, script: str, argv: list[str], cwd: Path) -> None:
-    """Run one of the suite's scripts as its command line, in `cwd`; stop with its exit status on failure."""
-    print(f"\n=== {title}\n$ python {script} {shlex.join(argv)}", flush=True)
-    start = time.time()
-    done = subprocess.run([sys.executable, str(ROOT / script), *argv], cwd=cwd)
-    if done.returncode != 0:
-        raise SystemExit(done.returncode)
-    print(f"--- {title}: {time.time() - start:.0f} s", flush=True)
+@dataclass
+class Step:
+    name: str
+    script: str
+    argv: list[str]
+    after: tuple[str, ...] = ()  # steps that must finish first
+
+    def command(self) -> str:
+        return f"python {self.script} {shlex.join(self.argv)}"
 
 
-def main(argv=None) -> None:
+def run_steps(steps: list[Step], cwd: Path, jobs: int) -> None:
+    """Run the steps as the suite's command lines, up to `jobs` at a time, each once the steps it needs are
+    done; their output goes to cwd/logs/. The first failure stops the others and exits with its status."""
+    logs = cwd / "logs"
+    logs.mkdir()
+    env = dict(os.environ)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // jobs)))
+    start, pending, running, done = time.time(), list(steps), {}, set()
+    try:
+        while pending or running:
+            for step in [s for s in pending if all(d in done for d in s.after)][: jobs - len(running)]:
+                log = logs / f"{step.name.replace(' ', '_').replace('+', 'plus')}.txt"
+                print(f"[{time.time() - start:4.0f} s] start {step.name}: $ {step.command()}", flush=True)
+                with open(log, "w") as handle:
+                    proc = subprocess.Popen([sys.executable, str(ROOT / step.script), *step.argv], cwd=cwd, env=env,
+                                            stdout=handle, stderr=subprocess.STDOUT)
+                pending.remove(step)
+                running[step.name] = (proc, time.time(), log)
+            time.sleep(0.1)
+            for name, (proc, began, log) in list(running.items()):
+                if proc.poll() is None:
+                    continue
+                del running[name]
+                if proc.returncode != 0:
+                    tail = log.read_text().strip().splitlines()[-5:]
+                    print(f"{name} failed (exit status {proc.returncode}); the end of {log}:", *tail, sep="\n",
+                          file=sys.stderr)
+                    raise SystemExit(proc.returncode)
+                done.add(name)
+                print(f"[{time.time() - start:4.0f} s] done  {name} ({time.time() - began:.0f} s)", flush=True)
+    finally:
+        for proc, _, _ in running.values():  # only on failure or Ctrl-C: the other steps stop too
+            proc.terminate()
+
+
+def main(argv=None) -> list[tuple[str, float, float]]:
     args = get_args_parser().parse_args(argv)
+    for name, value in PROFILES["full" if args.full else "short"].items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
     out = Path(args.out or Path("quickstart_runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
     out.mkdir(parents=True, exist_ok=False)
     common = ["--dataset", "Digits", "--random_seed", str(args.seed), "--gpu", args.gpu]
-    start = time.time()
-
-    step("pool", "train_original_models.py", [
-        *common, "--model", "ConvNet", "--normalize_data", "--num", str(args.pool_size), "--epochs",
-        str(args.pool_epochs), "--save_every", str(args.pool_epochs), "--lr_decay_step", ""], out)
     dm = [*common, "--ipc", str(args.ipc), "--num_eval", "0", "--batch_real", "64"]
-    runs = {
-        "random real": [*dm, "--Iteration", "0", "--save_path", "random_real"],
-        "DM": [*dm, "--Iteration", str(args.iterations), "--save_path", "dm"],
-        "DM + CLoM (cos)": [
-            *dm, "--Iteration", str(args.iterations), "--save_path", "dm_clom", "--CLoM", "--CLoM_distance",
-            "cos", "--models_pool", "ConvNet", "--model_num", str(args.pool_size), "--epoch",
-            str(args.pool_epochs), "--alphas", str(args.alpha), "--CLoM_batch_size", "0"],
+    sets = {  # name -> (save_path, extra flags, steps it needs)
+        "random real": ("random_real", ["--Iteration", "0"], ()),
+        "DM": ("dm", ["--Iteration", str(args.iterations)], ()),
+        "DM + CLoM (cos)": ("dm_clom", [
+            "--Iteration", str(args.iterations), "--CLoM", "--CLoM_distance", "cos", "--models_pool", "ConvNet",
+            "--model_num", str(args.pool_size), "--epoch", str(args.pool_epochs), "--alphas", str(args.alpha),
+            "--CLoM_batch_size", "0"], ("pool",)),
     }
+    steps = [Step("pool", "train_original_models.py", [
+        *common, "--model", "ConvNet", "--normalize_data", "--num", str(args.pool_size), "--epochs",
+        str(args.pool_epochs), "--save_every", str(args.pool_epochs), "--lr_decay_step", ""])]
+    reports = {}
+    for name, (folder, extra, after) in sets.items():
+        steps.append(Step(name, "methods/DC_DSA_DM/main_DM.py", [*dm, *extra, "--save_path", folder], after))
+        reports[name] = out / f"validate_{folder}.json"
+        synthetic_set = Path(folder) / _result_folder(extra) / f"res_DM_Digits_ConvNet_{args.ipc}ipc.pt"
+        steps.append(Step(f"validate {name}", "validate.py", [
+            *common, "--normalize_data", "--model", "ConvNet", "--dsa", "--synthesis_data_path", str(synthetic_set),
+            "--epochs", str(args.eval_epochs), "--save_every", str(args.eval_epochs), "--lr_decay_step",
+            str(args.eval_epochs // 2), "--num_eval", str(args.num_eval), "--result_json", str(reports[name])],
+            (name,)))
+    start = time.time()
+    run_steps(steps, out, max(1, args.jobs))
     rows = []
-    for name, run_argv in runs.items():
-        step(name, "methods/DC_DSA_DM/main_DM.py", run_argv, out)
-        folder = out / run_argv[run_argv.index("--save_path") + 1]
-        synthetic_set = next(folder.rglob("res_*.pt"))
-        report = out / f"validate_{folder.name}.json"
-        step(f"validate {name}", "validate.py", [
-            *common, "--normalize_data", "--model", "ConvNet", "--dsa", "--synthesis_data_path",
-            str(synthetic_set), "--epochs", str(args.eval_epochs), "--save_every", str(args.eval_epochs),
-            "--lr_decay_step", str(args.eval_epochs // 2), "--num_eval", str(args.num_eval), "--result_json",
-            str(report)], out)
+    for name, report in reports.items():
         accs = 100 * np.asarray(json.loads(report.read_text())["final"])
-        rows.append((name, accs.mean(), accs.std()))
-
+        rows.append((name, float(accs.mean()), float(accs.std())))
     print(f"\nDigits, {args.ipc} images per class, ConvNet trained {args.eval_epochs} epochs with DSA, "
           f"{args.num_eval} networks each ({time.time() - start:.0f} s in all; outputs in {out})")
     print(f"{'synthetic set':18s} {'test accuracy':>16s}")
     for name, mean, std in rows:
         print(f"{name:18s} {mean:9.2f} ± {std:4.2f}%")
+    return rows
+
+
+def _result_folder(extra: list[str]) -> str:
+    """Where main_DM.py puts the set under its --save_path: original_method/, or the paper code's CLoM folders
+    (here for one ConvNet pool trained on Digits)."""
+    if "--CLoM" not in extra:
+        return "original_method"
+    value = lambda flag: extra[extra.index(flag) + 1]
+    return (f"CLoM/{value('--CLoM_distance')}_distance/Digits->Digits/MP['ConvNet']_Nm[{value('--model_num')}]_"
+            f"Epoch[{value('--epoch')}]/alphas['ConvNet']->{[float(value('--alphas'))]}")
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

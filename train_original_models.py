@@ -31,10 +31,9 @@ from utils.misc import make_generator, parse_int_list, setup_logging
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = training_parser("Train pre-trained models (a pool) on an original data set.", epochs=150,
-                             weight_decay=0.005, save_every=1,
+    parser = training_parser(__doc__, epochs=150, weight_decay=0.005, save_every=1,
                              save_every_help="save a checkpoint (and test) every N epochs", lr_decay_step="50,100",
-                             seed_help="base seed (model k uses seed+k); default: clock")
+                             seed_help="base seed: model k uses seed+k (default: from the clock; logged and saved)")
     # --num_models: the same flag under a name torchrun's own parser does not mistake for its --numa-binding
     parser.add_argument("--num", "--num_models", dest="num", type=int, default=1, help="how many models to train")
     parser.add_argument("--save_root", default="pretrained_model", help="root folder of saved pools")

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from utils import distributed
-from utils.augment import DEFAULT_DSA_STRATEGY, dsa_augmenter
+from utils.augment import DEFAULT_DSA_STRATEGY, DSA_OPS, dsa_augmenter
 from utils.cli import check_at_least, fix_seed, run_cli, start_process, training_parser
 from utils.data import load_dataset
 from utils.engine import NetworkSpec, Schedule, TensorSource, train_and_test
@@ -29,20 +29,23 @@ from utils.misc import UserError, parse_int_list, setup_logging
 
 
 def get_args_parser() -> argparse.ArgumentParser:
-    parser = training_parser("Train fresh networks on a synthetic set and test them.", epochs=1000,
-                             weight_decay=0.0005, save_every=50, save_every_help="test every N epochs",
-                             lr_decay_step="500", seed_help="network k uses seed+k; default: clock")
-    parser.add_argument("--method", default="DC", help="method that made the set (used in --save_model paths)")
-    parser.add_argument("--ipc", type=int, default=10, help="images per class (used in --save_model paths)")
+    parser = training_parser(__doc__, epochs=1000, weight_decay=0.0005, save_every=50,
+                             save_every_help="test every N epochs (and after the last)", lr_decay_step="500",
+                             seed_help="network k uses seed+k (default: from the clock; logged and saved)")
+    parser.add_argument("--method", default="DC", help="method that made the set (names the --save_model folder)")
+    parser.add_argument("--ipc", type=int, default=10, help="images per class (names the --save_model folder)")
     parser.add_argument("--save_model", action="store_true",
-                        help="save each network's best weights under "
+                        help="save each network's weights at its highest test accuracy under "
                         "pretrained_model/<dataset>/<method>/IPC<ipc>/<model>/index_<k>/")
     parser.add_argument("--dsa", action="store_true", help="train with DSA augmentation")
-    parser.add_argument("--dsa_strategy", default=DEFAULT_DSA_STRATEGY)
-    parser.add_argument("--synthesis_data_path", required=True, help="a res_*.pt file")
+    parser.add_argument("--dsa_strategy", default=DEFAULT_DSA_STRATEGY, metavar="OPS",
+                        help=f"with --dsa: any of {', '.join(DSA_OPS)} joined with '_' (one op drawn per "
+                        "batch), or 'none'")
+    parser.add_argument("--synthesis_data_path", required=True, metavar="FILE",
+                        help="a res_*.pt file (ours or the paper code's); required")
     parser.add_argument("--experiment", type=int, default=0, help="which entry of data[] to validate")
     parser.add_argument("--num_eval", type=int, default=1, help="fresh networks to train (mean ± std)")
-    parser.add_argument("--result_json", default=None,
+    parser.add_argument("--result_json", default=None, metavar="FILE",
                         help="write the results here (default: validate_<model>_seed<seed>.json beside the set, "
                         "or the next free _<k> name; never overwritten)")
     return parser

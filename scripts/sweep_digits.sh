@@ -5,16 +5,17 @@
 #
 #   bash scripts/sweep_digits.sh [OUT]          (default OUT: sweep_digits/<date-time>; must not exist)
 #
-# Knobs (environment variables): JOBS (runs at a time, 2), SEEDS ("0 1"), ITERATIONS (DM iterations, 200),
-# NUM_EVAL (evaluation networks per set, 3), EVAL_EPOCHS (their epochs, 100), ALPHA (CLoM weight, 10),
-# GPU (cpu; a CUDA card number to use one).
+# Knobs (environment variables): JOBS (runs at a time, 2), SEEDS ("0 1"), ITERATIONS (DM iterations, 100),
+# BATCH_REAL (real images per class per step, 32), NUM_EVAL (evaluation networks per set, 3), EVAL_EPOCHS
+# (their epochs, 100), ALPHA (CLoM weight, 10), GPU (cpu; a CUDA card number to use one).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 OUT="${1:-sweep_digits/$(date +%Y%m%d-%H%M%S)}"
 JOBS="${JOBS:-2}"
 SEEDS="${SEEDS:-0 1}"
-ITERATIONS="${ITERATIONS:-200}"
+ITERATIONS="${ITERATIONS:-100}"
+BATCH_REAL="${BATCH_REAL:-32}"
 NUM_EVAL="${NUM_EVAL:-3}"
 EVAL_EPOCHS="${EVAL_EPOCHS:-100}"
 ALPHA="${ALPHA:-10}"
@@ -57,7 +58,7 @@ launch() {  # launch NAME ARGS...: one distillation in the background, at most J
 echo "== 12 DM runs, $JOBS at a time: ipc 1 and 10 x {no CLoM, CLoM ce, CLoM cos} x seeds $SEEDS"
 for ipc in 1 10; do
     for seed in $SEEDS; do
-        run=(--dataset Digits --ipc "$ipc" --Iteration "$ITERATIONS" --batch_real 64 --num_eval "$NUM_EVAL"
+        run=(--dataset Digits --ipc "$ipc" --Iteration "$ITERATIONS" --batch_real "$BATCH_REAL" --num_eval "$NUM_EVAL"
              --epoch_eval_train "$EVAL_EPOCHS" --random_seed "$seed" --gpu "$GPU"
              --save_path "runs/IPC$ipc/seed$seed")
         launch "DM_ipc${ipc}_seed${seed}" "${run[@]}"

@@ -312,3 +312,22 @@ def test_derived_seeds_are_stable_and_distinct():
     assert derive_seed(0, "network", 0, 1) == derive_seed(0, "network", 0, 1)
     seeds = {derive_seed(s, "network", e, i) for s in (0, 1) for e in (0, 1) for i in range(50)}
     assert len(seeds) == 200 and all(0 <= s < 2**63 for s in seeds)
+
+
+def test_png_grid_enlarges_small_images_with_a_border():
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    from methods.DC_DSA_DM.synset import visualization_png
+    from utils.data import load_dataset
+
+    train = load_dataset("Digits").train
+    images = train.sample_per_class(10, torch.Generator().manual_seed(0)).flatten(0, 1)
+    grid = Image.open(io.BytesIO(visualization_png(images, train, ipc=10)))
+    assert grid.size == (10 * 32 + 11 * 2, 10 * 32 + 11 * 2)  # 8x8 digits shown 32x32, 2-pixel borders
+    pixels = torch.from_numpy(np.array(grid.convert("L"))).float()
+    cell = pixels[2:34, 2:34]  # the first image: 4x4 blocks of one value (nearest-neighbour enlargement)
+    assert torch.equal(cell, cell[::4, ::4].repeat_interleave(4, 0).repeat_interleave(4, 1))
+    assert (pixels[0:2, :] == 128).all() and (pixels[:, 34:36] == 128).all()  # the grey border

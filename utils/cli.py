@@ -11,7 +11,9 @@ import sys
 
 import torch
 
+from networks import list_networks
 from utils import distributed
+from utils.data import dataset_names
 from utils.distributed import DistInfo
 from utils.misc import UserError, resolve_seed, seed_everything
 
@@ -38,33 +40,37 @@ class HelpFormatter(argparse.RawDescriptionHelpFormatter):
 
 
 def add_data_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--dataset", default="CIFAR10", help="data set name")
-    parser.add_argument("--data_path", default=None, help="folder of the data set files (default data/<dataset>)")
+    parser.add_argument("--dataset", default="CIFAR10", metavar="NAME",
+                        help=f"data set: {', '.join(dataset_names())} (Digits: bundled, offline)")
+    parser.add_argument("--data_path", default=None, help="folder of the data set files (default: data/<dataset>)")
     parser.add_argument("--no_download", action="store_true", help="never try to download a missing data set")
 
 
 def add_device_flags(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--gpu", default="0", help="CUDA card number, or 'cpu'")
+    parser.add_argument("--gpu", default="0", help="CUDA card number, or 'cpu' (the CPU is used when there is no "
+                        "CUDA)")
     parser.add_argument("--multigpu", default=None,
-                        help="accepted for compatibility; one process uses one card. Use torchrun for several GPUs")
+                        help="accepted for compatibility; one process uses one card: use torchrun for several "
+                        "GPUs (default: none)")
 
 
 def training_parser(description: str, *, epochs: int, weight_decay: float, save_every: int, save_every_help: str,
                     lr_decay_step: str, seed_help: str) -> argparse.ArgumentParser:
     """The flags train_original_models.py and validate.py share (with each script's defaults)."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     add_data_flags(parser)
-    parser.add_argument("--model", default="ConvNet", help="architecture name")
+    parser.add_argument("--model", default="ConvNet", metavar="NAME",
+                        help=f"architecture: {', '.join(list_networks())}")
     parser.add_argument("--random_seed", type=int, default=None, help=seed_help)
     add_device_flags(parser)
-    parser.add_argument("--epochs", type=int, default=epochs)
-    parser.add_argument("--batch_size", type=int, default=256)
-    parser.add_argument("--lr", type=float, default=0.01)
-    parser.add_argument("--momentum", type=float, default=0.9)
-    parser.add_argument("--weight_decay", type=float, default=weight_decay)
+    parser.add_argument("--epochs", type=int, default=epochs, help="training epochs")
+    parser.add_argument("--batch_size", type=int, default=256, help="batch size")
+    parser.add_argument("--lr", type=float, default=0.01, help="learning rate (SGD)")
+    parser.add_argument("--momentum", type=float, default=0.9, help="SGD momentum")
+    parser.add_argument("--weight_decay", type=float, default=weight_decay, help="SGD weight decay")
     parser.add_argument("--save_every", type=int, default=save_every, help=save_every_help)
-    parser.add_argument("--lr_decay_step", default=lr_decay_step,
-                        help="epochs after which lr is multiplied by 0.1 (comma-separated)")
+    parser.add_argument("--lr_decay_step", default=lr_decay_step, metavar="EPOCHS",
+                        help="epochs after which lr is multiplied by 0.1 (comma-separated; '' for none)")
     parser.add_argument("--normalize_data", action="store_true",
                         help="train and test on mean/std-normalized images (else [0,1] pixels)")
     return parser

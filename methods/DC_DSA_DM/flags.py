@@ -11,12 +11,23 @@ import argparse
 import logging
 from pathlib import Path
 
-from methods.clom import ClomOptions, build_clom_loss
+from methods.clom import DISTANCES, FEATURES, ClomOptions, build_clom_loss
 from methods.DC_DSA_DM import distill
-from methods.DC_DSA_DM.config import DistillConfig, check_config, eval_model_pool
+from methods.DC_DSA_DM.config import (
+    EVAL_EVERY,
+    EVAL_MODES,
+    EVAL_POOLS,
+    DistillConfig,
+    check_config,
+    eval_model_pool,
+)
+from methods.DC_DSA_DM.gradient_matching import METRICS
 from methods.DC_DSA_DM.run_state import RunFiles, RunStore, start_or_resume
+from methods.DC_DSA_DM.synset import INITS
+from networks import list_networks
 from networks.foundation import is_foundation_name
-from utils.cli import add_data_flags, fix_seed, start_process
+from utils.augment import DSA_OPS
+from utils.cli import HelpFormatter, add_data_flags, fix_seed, start_process
 from utils.data import load_dataset
 from utils.misc import SettingError, UserError, derive_seed, setup_logging
 from utils.pools import InputSpace
@@ -33,30 +44,45 @@ def flag_of(setting: str) -> str:
     return FLAG_OF.get(setting, f"--{setting}")
 
 
+def _eval_mode_help() -> str:
+    pools = "; ".join(f"{mode}: {' '.join(models)}" for mode, models in EVAL_POOLS.items())
+    return (f"which networks evaluate the set: S: the --model (BatchNorm replaced by instance norm), SS: the "
+            f"--model as is (both at iteration 0, every {EVAL_EVERY['DC']} (DM: {EVAL_EVERY['DM']}) and the last); "
+            f"architecture pools, evaluated after the last iteration only: {pools}")
+
+
 def get_args_parser(description: str, defaults: dict) -> argparse.ArgumentParser:
     """The paper's flags; `defaults` holds what differs between main.py (DC/DSA) and main_DM.py (DM)."""
-    parser = argparse.ArgumentParser(description=description)
+    parser = argparse.ArgumentParser(description=description, formatter_class=HelpFormatter)
     parser.add_argument("--method", default=defaults["method"], help=defaults["method_help"])
     add_data_flags(parser)
-    parser.add_argument("--model", default="ConvNet")
-    parser.add_argument("--ipc", type=int, default=defaults["ipc"], help="images per class")
-    parser.add_argument("--eval_mode", default=defaults["eval_mode"],
-                        help="S | SS | M | B | W | D | A | P | N: architectures the set is evaluated on")
+    parser.add_argument("--model", default="ConvNet", metavar="NAME",
+                        help=f"network the set is distilled with: {', '.join(list_networks())}")
+    parser.add_argument("--ipc", type=int, default=defaults["ipc"], help="synthetic images per class")
+    parser.add_argument("--eval_mode", default=defaults["eval_mode"], metavar="|".join(EVAL_MODES),
+                        help=_eval_mode_help())
     parser.add_argument("--num_exp", type=int, default=1, help="experiments (synthetic sets) to distill")
-    parser.add_argument("--num_eval", type=int, default=20, help="random networks trained per evaluation")
+    parser.add_argument("--num_eval", type=int, default=20,
+                        help="random networks trained per evaluation model and evaluation (0: no evaluation)")
     parser.add_argument("--epoch_eval_train", type=int, default=defaults["epoch_eval_train"],
                         help=defaults["epoch_eval_train_help"])
     parser.add_argument("--Iteration", type=int, default=defaults["Iteration"], help="distillation iterations")
     parser.add_argument("--lr_img", type=float, default=defaults["lr_img"],
-                        help="learning rate of the synthetic images")
-    parser.add_argument("--lr_net", type=float, default=0.01, help="learning rate of the networks")
+                        help="learning rate of the synthetic images (SGD, momentum 0.5)")
+    parser.add_argument("--lr_net", type=float, default=0.01, help=defaults["lr_net_help"])
     parser.add_argument("--batch_real", type=int, default=256, help="real images per class per step")
-    parser.add_argument("--batch_train", type=int, default=256, help="batch size when training networks")
-    parser.add_argument("--init", default=defaults["init"], help="noise | real: how the synthetic images start")
-    parser.add_argument("--dsa_strategy", default=defaults["dsa_strategy"], help=defaults["dsa_strategy_help"])
-    parser.add_argument("--save_path", default=None, help="output folder (default condensed/<dataset>/...)")
-    parser.add_argument("--dis_metric", default="ours", help="ours | mse | cos: gradient distance (DC/DSA)")
-    parser.add_argument("--gpu", default="0", help="CUDA card number, or 'cpu'")
+    parser.add_argument("--batch_train", type=int, default=256, help=defaults["batch_train_help"])
+    parser.add_argument("--init", default=defaults["init"], metavar="|".join(INITS),
+                        help="how the synthetic images start: noise (standard normal) or real (random real images)")
+    parser.add_argument("--dsa_strategy", default=defaults["dsa_strategy"], metavar="OPS",
+                        help=f"{defaults['dsa_strategy_help']}; OPS joins any of {', '.join(DSA_OPS)} with '_' "
+                        "(one op drawn per class and step), or 'none'")
+    parser.add_argument("--save_path", default=None,
+                        help="output folder (default: condensed/<dataset>/<method>/IPC<ipc>; the CLoM or "
+                        "original_method sub-folders are appended)")
+    parser.add_argument("--dis_metric", default="ours", metavar="|".join(METRICS), help=defaults["dis_metric_help"])
+    parser.add_argument("--gpu", default="0", help="CUDA card number, or 'cpu' (the CPU is used when there is no "
+                        "CUDA)")
     _add_clom_flags(parser)
     _add_run_flags(parser)
     return parser
@@ -65,20 +91,29 @@ def get_args_parser(description: str, defaults: dict) -> argparse.ArgumentParser
 def _add_clom_flags(parser: argparse.ArgumentParser) -> None:
     clom = parser.add_argument_group("CLoM (contrastive loss of pre-trained models)")
     clom.add_argument("--CLoM", action="store_true", help="add the CLoM loss")
-    clom.add_argument("--CLoM_distance", default="ce", help="ce | cos | ce_plain (the paper code's plain CE)")
-    clom.add_argument("--alphas", type=float, nargs="+", default=None,
-                      help="loss weight per pool architecture (or one for all)")
-    clom.add_argument("--models_pool", nargs="+", default=None, help="architectures of the pre-trained pool")
-    clom.add_argument("--model_num", type=int, default=1, help="pre-trained models per architecture")
+    clom.add_argument("--CLoM_distance", default="ce", metavar="|".join(DISTANCES),
+                      help="ce: cross-entropy of an in-distribution pool (the paper's formula); cos: 1 - cosine of "
+                      "features, any pool (out-of-distribution, foundation models); ce_plain: what the paper "
+                      "code computes, alpha * CE(pool(synthetic), labels). Only with --CLoM")
+    clom.add_argument("--alphas", type=float, nargs="+", default=None, metavar="ALPHA",
+                      help="loss weight per pool architecture, or one for all (default: none; needed with --CLoM)")
+    clom.add_argument("--models_pool", nargs="+", default=None, metavar="ARCH",
+                      help="architectures of the pre-trained pool (names as for --model), or foundation models "
+                      "timm:<name>, open_clip:<name>, torchvision:<name> (default: none; needed with --CLoM)")
+    clom.add_argument("--model_num", type=int, default=1,
+                      help="pre-trained models per architecture (index_0 .. index_<n-1>)")
     clom.add_argument("--epoch", type=int, default=150, help="which saved epoch of the pool to load")
-    clom.add_argument("--source_dataset", default=None,
+    clom.add_argument("--source_dataset", default=None, metavar="DATASET",
                       help="data set the pool was trained on (default: --dataset)")
     clom.add_argument("--CLoM_batch_size", type=int, default=256, help="real images per CLoM batch (0: all)")
-    clom.add_argument("--CLoM_feature", default="embed", help="embed | logits: features for the cos distance")
+    clom.add_argument("--CLoM_feature", default="embed", metavar="|".join(FEATURES),
+                      help="features F for the cos distance: embed (the embedding) or logits (the outputs)")
     clom.add_argument("--CLoM_cache_gb", type=float, default=4.0,
-                      help="GiB of device memory for cached real features of the pool")
+                      help="GiB of device memory for cached real features of the pool (beyond it they are "
+                      "recomputed each step: same result, slower)")
     clom.add_argument("--CLoM_weights", nargs="*", default=None, metavar="NAME=PATH",
-                      help="local weight files of foundation models in the pool")
+                      help="local weight files of foundation models in the pool (default: none; a PATH of "
+                      "'download' fetches them)")
 
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
@@ -88,7 +123,8 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--checkpoint_every", type=int, default=100, help="iterations between checkpoints")
     run.add_argument("--resume", action="store_true", help="continue from the checkpoint in the save folder")
     run.add_argument("--stop_after", type=int, default=None, metavar="IT",
-                     help="stop after iteration IT (with a checkpoint); continue later with --resume")
+                     help="stop after iteration IT, with a checkpoint; continue later with --resume (default: "
+                     "run to the end)")
 
 
 def parse_weight_map(entries: list[str] | None) -> dict[str, str]:

@@ -18,14 +18,19 @@ from utils.augment import DEFAULT_DSA_STRATEGY
 from utils.cli import run_cli
 
 DEFAULTS = {
-    "method": "DC", "method_help": "DC | DSA", "ipc": 1, "eval_mode": "S", "epoch_eval_train": 300,
-    "epoch_eval_train_help": "evaluation epochs without augmentation (with DSA or DC augmentation: 1000)",
+    "method": "DC", "method_help": "DC (gradient matching) or DSA (the same with Siamese augmentation); DM: "
+    "main_DM.py", "ipc": 1, "eval_mode": "S", "epoch_eval_train": 300,
+    "epoch_eval_train_help": "epochs of each evaluation network when it trains without augmentation; with DSA "
+    "(--method DSA) or DC augmentation (MNIST; BatchNorm models) it trains 1000",
     "Iteration": 1000, "lr_img": 0.1, "init": "noise", "dsa_strategy": None,
-    "dsa_strategy_help": f"DSA augmentation (with --method DSA; default {DEFAULT_DSA_STRATEGY})",
+    "dsa_strategy_help": f"DSA only: the Siamese augmentation (default: {DEFAULT_DSA_STRATEGY}; DC never augments)",
+    "lr_net_help": "learning rate of the networks: the inner loop's and the evaluations'",
+    "batch_train_help": "batch size of the inner loop and of the evaluations",
+    "dis_metric_help": "DC/DSA: gradient distance: ours (per output channel 1 - cosine, summed), mse, cos",
 }
 
 
-DESCRIPTION = "DC / DSA dataset distillation (+ optional CLoM)."
+DESCRIPTION = __doc__
 
 
 def get_args_parser():

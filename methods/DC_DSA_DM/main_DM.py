@@ -19,14 +19,17 @@ from utils.augment import DEFAULT_DSA_STRATEGY
 from utils.cli import run_cli
 
 DEFAULTS = {
-    "method": "DM", "method_help": "DM (DC and DSA: main.py)", "ipc": 50, "eval_mode": "SS",
-    "epoch_eval_train": 1000, "epoch_eval_train_help": "epochs of each evaluation", "Iteration": 20000,
-    "lr_img": 1.0, "init": "real", "dsa_strategy": DEFAULT_DSA_STRATEGY,
-    "dsa_strategy_help": "Siamese augmentation of real and synthetic images ('none': off)",
+    "method": "DM", "method_help": "DM only (DC and DSA: main.py)", "ipc": 50, "eval_mode": "SS",
+    "epoch_eval_train": 1000, "epoch_eval_train_help": "epochs of each evaluation network (DSA augmentation)",
+    "Iteration": 20000, "lr_img": 1.0, "init": "real", "dsa_strategy": DEFAULT_DSA_STRATEGY,
+    "dsa_strategy_help": "Siamese augmentation of the real and synthetic images, also used by the evaluations",
+    "lr_net_help": "learning rate of the evaluation networks",
+    "batch_train_help": "batch size of the evaluations",
+    "dis_metric_help": "DC/DSA only (main.py): DM ignores it; accepted so that the paper's command lines run",
 }
 
 
-DESCRIPTION = "DM dataset distillation (+ optional CLoM)."
+DESCRIPTION = __doc__
 
 
 def get_args_parser():

@@ -5,9 +5,11 @@ space, their labels [0]*ipc + [1]*ipc + ..., how they start (noise or real image
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 from torchvision.utils import save_image
 
@@ -45,9 +47,17 @@ def initial_images(train: ImageSet, ipc: int, init: str, generator: torch.Genera
     raise SettingError("init", f"must be one of {'|'.join(INITS)}, got {init!r}")
 
 
+GRID_MIN_PIXELS = 32  # small images (Digits' 8x8) are enlarged to at least this many pixels a side
+GRID_BORDER = 2  # pixels of mid-grey between the images: visible on black and on white backgrounds
+
+
 def visualization_png(images: Tensor, train: ImageSet, ipc: int) -> bytes:
-    """A PNG grid with one row per class: images mapped back to pixel space and clipped to [0, 1]."""
+    """A PNG grid with one row per class: images mapped back to pixel space and clipped to [0, 1], enlarged
+    (nearest neighbour, an integer factor) to at least GRID_MIN_PIXELS a side, a thin grey border between."""
     pixels = train.denormalize(images.detach().float()).clamp(0, 1).cpu()
+    factor = math.ceil(GRID_MIN_PIXELS / min(pixels.shape[-2:]))
+    if factor > 1:
+        pixels = F.interpolate(pixels, scale_factor=factor, mode="nearest")
     buffer = io.BytesIO()
-    save_image(pixels, buffer, nrow=ipc, format="png")
+    save_image(pixels, buffer, nrow=ipc, padding=GRID_BORDER, pad_value=0.5, format="png")
     return buffer.getvalue()
