@@ -415,3 +415,20 @@ def test_shapes_and_float32(shape):
         assert out.shape == x.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
     out = dc_augment(x, "crop_scale_rotate_noise", gen())
     assert out.shape == x.shape and out.dtype == torch.float32
+
+
+def test_crops_via_kornia_equal_the_gather_exactly():
+    # Both crops call kornia's translate (nearest sampling at pixel centres): the very values a gather reads.
+    x = images((3, 32, 32), n=64, dtype=torch.float32)
+    shifts = {"shift_h": torch.randint(-40, 41, (64,), generator=gen(5)),
+              "shift_w": torch.randint(-40, 41, (64,), generator=gen(6))}
+    h = w = 32
+    rows = torch.arange(h) + shifts["shift_h"].view(-1, 1)
+    cols = torch.arange(w) + shifts["shift_w"].view(-1, 1)
+    inside = ((rows >= 0) & (rows < h)).view(-1, 1, h, 1) & ((cols >= 0) & (cols < w)).view(-1, 1, 1, w)
+    n_idx = torch.arange(64).view(-1, 1, 1)
+    gathered = x.permute(0, 2, 3, 1)[n_idx, rows.clamp(0, h - 1).view(-1, h, 1), cols.clamp(0, w - 1).view(-1, 1, w)]
+    gathered = gathered.permute(0, 3, 1, 2)
+    assert torch.equal(DSA_OPS["crop"](x, shifts), torch.where(inside, gathered, torch.zeros(())))
+    fill = x.mean(dim=(0, 2, 3)).view(1, -1, 1, 1)
+    torch.testing.assert_close(DC_OPS["crop"](x, shifts), torch.where(inside, gathered, fill), atol=1e-6, rtol=0)

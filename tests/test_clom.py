@@ -195,11 +195,31 @@ def test_input_adapter_maps_spaces_and_is_identity_when_equal():
     )
     raw = make_input_adapter(cifar, InputSpace(3, (32, 32), False))(normalized)
     torch.testing.assert_close(raw, pixels)
-    gray = make_input_adapter(cifar, InputSpace(1, (16, 16), True, (0.5,), (0.25,)))(normalized)
-    expected = (F.interpolate(pixels.mean(1, keepdim=True), size=(16, 16), mode="bilinear") - 0.5) / 0.25
-    torch.testing.assert_close(gray, expected)
     color = make_input_adapter(InputSpace(1, (28, 28), False), cifar)(torch.rand(2, 1, 28, 28))
     assert color.shape == (2, 3, 32, 32)
+
+
+def test_input_adapter_uses_luminance_and_antialiased_shrinking():
+    cifar = InputSpace(3, (32, 32), True, CIFAR_MEAN, CIFAR_STD)
+    mean, std = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+    to_gray16 = make_input_adapter(cifar, InputSpace(1, (16, 16), True, (0.5,), (0.25,)))
+    # 3 -> 1 channels: ITU-R 601 luminance (a pure red, green, blue image), not the plain mean of R, G, B
+    primaries = torch.eye(3).view(3, 3, 1, 1).expand(3, 3, 32, 32)
+    gray = to_gray16((primaries - mean) / std) * 0.25 + 0.5
+    torch.testing.assert_close(gray.mean(dim=(1, 2, 3)), torch.tensor([0.299, 0.587, 0.114]))
+    torch.testing.assert_close(gray, gray.mean(dim=(2, 3), keepdim=True).expand_as(gray))  # constant stays constant
+    # Shrinking is antialiased: fine stripes average out instead of aliasing into a coarse pattern
+    stripes = (torch.arange(64) % 3 == 0).float().view(1, 1, 1, 64).expand(1, 1, 64, 64)
+    shrunk = make_input_adapter(InputSpace(1, (64, 64), False), InputSpace(1, (16, 16), False))(stripes)
+    aliased = F.interpolate(stripes, size=(16, 16), mode="bilinear", antialias=False)
+    assert shrunk.std() < 0.25 * aliased.std()
+    torch.testing.assert_close(shrunk.mean(), stripes.mean(), atol=0.02, rtol=0)
+    # Enlarging is plain bilinear; gradients reach the target images
+    small = torch.rand(2, 1, 28, 28, requires_grad=True)
+    big = make_input_adapter(InputSpace(1, (28, 28), False), InputSpace(1, (32, 32), False))(small)
+    torch.testing.assert_close(big, F.interpolate(small, size=(32, 32), mode="bilinear", align_corners=False))
+    big.sum().backward()
+    assert small.grad is not None and small.grad.abs().sum() > 0
 
 
 # ---------------------------------------------------------------- foundation models

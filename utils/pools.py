@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from kornia.color import rgb_to_grayscale
 from torch import nn
 
 from networks import build_network, list_networks
@@ -59,8 +60,13 @@ def input_space_from_info(info: dict) -> InputSpace:
 
 class InputAdapter(nn.Module):
     """Differentiable map from target images to a pool model's input space:
-    undo the target normalization -> 3->1 channels (mean of R, G, B) -> bilinear resize (no antialias)
-    -> 1->3 channels (repeat) -> the model's normalization. Steps that change nothing are skipped."""
+    undo the target normalization -> 3->1 channels (ITU-R 601 luminance, kornia's rgb_to_grayscale) -> resize
+    (bilinear, antialiased where a side shrinks) -> 1->3 channels (repeat) -> the model's normalization.
+    Steps that change nothing are skipped.
+
+    Antialiasing is torch's (F.interpolate(antialias=True), a triangle filter as in PIL), not kornia's
+    resize(antialias=True) (a Gaussian blur first): on CPU the latter took 30-180x as long for the same
+    images (benchmarks/bench_kornia.py), and the synthetic images go through this map at every step."""
 
     def __init__(self, source: InputSpace, dest: InputSpace):
         super().__init__()
@@ -73,6 +79,7 @@ class InputAdapter(nn.Module):
         # Resizing commutes with per-channel affine maps: same channels and pixel scale -> resizing is all.
         self.rescale = source.channel != dest.channel or not source.same_pixel_scale(dest)
         self.resize = tuple(source.im_size) != tuple(dest.im_size)
+        self.shrinks = any(d < s for s, d in zip(source.im_size, dest.im_size))
         self.register_buffer("src_mean", _stat(source.mean, source.normalized), persistent=False)
         self.register_buffer("src_std", _stat(source.std, source.normalized), persistent=False)
         self.register_buffer("dst_mean", _stat(dest.mean, dest.normalized), persistent=False)
@@ -82,11 +89,10 @@ class InputAdapter(nn.Module):
         if self.rescale and self.source.normalized:
             x = x * self.src_std.to(x) + self.src_mean.to(x)  # back to pixels in [0, 1]
         if self.rescale and self.source.channel == 3 and self.dest.channel == 1:
-            x = x.mean(dim=1, keepdim=True)
-        if self.resize:
-            x = F.interpolate(
-                x, size=self.dest.im_size, mode="bilinear", align_corners=False, antialias=False
-            )
+            x = rgb_to_grayscale(x)  # 0.299 R + 0.587 G + 0.114 B
+        if self.resize:  # enlarging stays plain bilinear
+            x = F.interpolate(x, size=self.dest.im_size, mode="bilinear", align_corners=False,
+                              antialias=self.shrinks)
         if self.rescale and self.source.channel == 1 and self.dest.channel == 3:
             x = x.expand(-1, 3, -1, -1)
         if self.rescale and self.dest.normalized:
