@@ -417,9 +417,9 @@ def test_shapes_and_float32(shape):
     assert out.shape == x.shape and out.dtype == torch.float32
 
 
-def test_crops_via_kornia_equal_the_gather_exactly():
-    # Both crops call kornia's translate (nearest sampling at pixel centres): the very values a gather reads.
-    x = images((3, 32, 32), n=64, dtype=torch.float32)
+@pytest.mark.parametrize("channels", [1, 3])  # grey: our gather; colour: kornia's translate
+def test_crops_equal_a_plain_gather_exactly(channels):
+    x = images((channels, 32, 32), n=64, dtype=torch.float32).requires_grad_()
     shifts = {"shift_h": torch.randint(-40, 41, (64,), generator=gen(5)),
               "shift_w": torch.randint(-40, 41, (64,), generator=gen(6))}
     h = w = 32
@@ -429,6 +429,11 @@ def test_crops_via_kornia_equal_the_gather_exactly():
     n_idx = torch.arange(64).view(-1, 1, 1)
     gathered = x.permute(0, 2, 3, 1)[n_idx, rows.clamp(0, h - 1).view(-1, h, 1), cols.clamp(0, w - 1).view(-1, 1, w)]
     gathered = gathered.permute(0, 3, 1, 2)
-    assert torch.equal(DSA_OPS["crop"](x, shifts), torch.where(inside, gathered, torch.zeros(())))
+    weights = torch.randn(x.shape, generator=gen(7))
+    ours, expected = DSA_OPS["crop"](x, shifts), torch.where(inside, gathered, torch.zeros(()))
+    assert torch.equal(ours, expected)
+    grad_ours, = torch.autograd.grad((ours * weights).sum(), x)
+    grad_expected, = torch.autograd.grad((expected * weights).sum(), x)
+    assert torch.equal(grad_ours, grad_expected)
     fill = x.mean(dim=(0, 2, 3)).view(1, -1, 1, 1)
     torch.testing.assert_close(DC_OPS["crop"](x, shifts), torch.where(inside, gathered, fill), atol=1e-6, rtol=0)
