@@ -121,7 +121,7 @@ def main(argv=None):
             index, run_dir = reserve_run_dir(parent)
             path = run_dir / f"{spec.name}_{args.model}_best_epoch{result.best_epoch[k]}.pth"
             atomic_torch_save(state, path)
-            logger.info("saved network %d's best weights to %s", k, path)
+            logger.info("saved network %d's weights at its highest test accuracy to %s", k, path)
     distributed.barrier(dist)
     return result
 
