@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A small sweep on the bundled Digits set (offline, CPU): DM at ipc 1 and 10, without CLoM and with CLoM
 # (ce and cos distances, a pool of 2 ConvNets trained first), 2 seeds each -- 12 runs, JOBS at a time --
-# then one table of every result (summarize.py). About 10 minutes on 2 CPU cores.
+# then one table of every result (summarize.py). About 6 minutes on 2 idle CPU cores (16 on 2 busy ones).
 #
 #   bash scripts/sweep_digits.sh [OUT]          (default OUT: sweep_digits/<date-time>; must not exist)
 #
