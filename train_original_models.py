@@ -55,7 +55,8 @@ def check_args(args) -> list[int]:
 def main(argv=None) -> None:
     args = get_args_parser().parse_args(argv)
     milestones = check_args(args)
-    dist, device = start_process(args.gpu)
+    runtime = start_process(args.gpu, args.eager, args.precision)
+    dist, device = runtime.dist, runtime.device
     seed = fix_seed(dist, args.random_seed)
     data = load_dataset(args.dataset, args.data_path, device, normalize=args.normalize_data,
                         download=not args.no_download)
@@ -105,8 +106,9 @@ def main(argv=None) -> None:
     if args.epochs == 0:
         save_and_test(0, list(range(len(models))), models)
     else:
-        train_models(models, data.train, schedule, generators, hook=EpochHook(save_and_test, args.save_every),
-                     stack=False if args.no_stack else None, desc=f"train {args.model}")
+        with runtime.autocast():
+            train_models(models, data.train, schedule, generators, hook=EpochHook(save_and_test, args.save_every),
+                         stack=False if args.no_stack else None, compiled=runtime.fast, desc=f"train {args.model}")
     elapsed = time.time() - start
     final = [info["test_acc"][str(max(info["epochs_saved"]))] for info in infos]
     for (index, run_dir), acc in zip(runs, final):
