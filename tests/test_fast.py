@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods.DC_DSA_DM.gradient_matching import execution_for
+from methods.DC_DSA_DM.gradient_matching import MatchingExecution, execution_for, gradient_matching_loss
 from utils import fast
 from utils.engine import EpochHook, Schedule, TensorSource, build_seeded_network, train_models
 from utils.misc import make_generator
@@ -83,12 +83,22 @@ def test_inductor_compiles_the_step_on_this_cpu(monkeypatch):
         torch.testing.assert_close(pa, pb, atol=1e-5, rtol=1e-4)
 
 
+def test_compiled_real_side_equals_the_eager_one(traced_only):
+    torch.manual_seed(0)
+    model = build_seeded_network("ConvNetW32", 1, 3, (8, 8), 0)
+    real, syn = torch.randn(3, 6, 1, 8, 8), torch.randn(3, 2, 1, 8, 8, requires_grad=True)
+    eager = gradient_matching_loss(model, real, syn, execution=MatchingExecution(batched=True))
+    compiled = gradient_matching_loss(model, real, syn, execution=MatchingExecution(batched=True, compiled=True))
+    assert not fast._BROKEN and any(key[0] == "real_side" for key in fast._COMPILED)
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+
+
 def test_fast_paths_and_precision_are_chosen_per_device():
     cpu = make_runtime(torch.device("cpu"))
     assert cpu.precision == "fp32" and not cpu.fast
-    assert not execution_for(cpu).batched and not execution_for(cpu).compiled_inner_loop
+    assert not execution_for(cpu).batched and not execution_for(cpu).compiled
     cuda = Runtime(torch.device("cuda"), fast=True, precision="tf32")  # no GPU needed to decide
-    assert execution_for(cuda).batched and execution_for(cuda).compiled_inner_loop
+    assert execution_for(cuda).batched and execution_for(cuda).compiled
     assert not make_runtime(torch.device("cpu"), eager=True).fast
     with pytest.raises(ValueError):
         make_runtime(torch.device("cpu"), precision="fp8")

@@ -214,7 +214,9 @@ def _train_runner(runner, source, schedule: Schedule, generators, hook: EpochHoo
             flat = source.images(idx.reshape(-1))
             x = flat.view(k, idx.shape[1], *flat.shape[1:])
             y = labels[idx]
-            if augment is not None:
+            if augment is not None and hasattr(augment, "members"):  # one call for the whole ensemble
+                x = augment.members(x, generators)
+            elif augment is not None:
                 x = torch.stack([augment(x[m], generators[m]) for m in range(k)])
             losses, logits = trainer.step(x, y)
             loss_sum += losses.sum()

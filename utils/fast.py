@@ -67,13 +67,38 @@ def _sgd_step_function(base: nn.Module, momentum: float, weight_decay: float):
     return step
 
 
-def _compiled_step(models: Sequence[nn.Module], momentum: float, weight_decay: float, device: torch.device):
-    key = (repr(models[0]), str(device), len(models), float(momentum), float(weight_decay))
+def model_key(model: nn.Module) -> tuple:
+    """What a compiled function of this model's architecture depends on: its layers and their modes."""
+    return repr(model), tuple(m.training for m in model.modules())
+
+
+def cached_compile(key: tuple, build, device: torch.device, **options):
+    """torch.compile(build()) once per key (compile_options(device) unless options are given)."""
     if key not in _COMPILED:
-        base = copy.deepcopy(models[0]).to("meta")
-        _COMPILED[key] = torch.compile(_sgd_step_function(base, momentum, weight_decay), dynamic=False,
-                                       **compile_options(device))
+        _COMPILED[key] = torch.compile(build(), dynamic=False, **(options or compile_options(device)))
     return _COMPILED[key]
+
+
+def run_or_fall_back(compiled_fn, eager_fn, *args):
+    """compiled_fn(*args); if compiling or running it fails, say so once and use eager_fn from then on."""
+    if fast_path_available():
+        try:
+            return compiled_fn(*args)
+        except Exception as err:  # a platform where compiling fails: keep going, eagerly
+            _give_up(err)
+    return eager_fn(*args)
+
+
+def _give_up(err: Exception) -> None:
+    _BROKEN.append(f"{type(err).__name__}: {err}")
+    get_logger().warning("compiled fast path unavailable (%s); using the eager path",
+                         " ".join(str(err).split())[:200])
+
+
+def _compiled_step(models: Sequence[nn.Module], momentum: float, weight_decay: float, device: torch.device):
+    key = ("sgd_step", *model_key(models[0]), str(device), len(models), float(momentum), float(weight_decay))
+    return cached_compile(key, lambda: _sgd_step_function(copy.deepcopy(models[0]).to("meta"), momentum,
+                                                          weight_decay), device)
 
 
 class CompiledTrainer:
@@ -99,9 +124,7 @@ class CompiledTrainer:
                 torch.compiler.cudagraph_mark_step_begin()
             params, momenta, losses, logits = self._step(self.params, self.buffers, self.momenta, x, y, self.lr)
         except Exception as err:  # a platform where compiling fails: keep going, eagerly
-            _BROKEN.append(f"{type(err).__name__}: {err}")
-            get_logger().warning("compiled training step unavailable (%s); using the eager step",
-                                 " ".join(str(err).split())[:200])
+            _give_up(err)
             self.write_back()
             self._eager = self._eager_fallback()
             self._eager.set_lr(float(self.lr), restart=False)
