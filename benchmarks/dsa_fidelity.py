@@ -74,7 +74,7 @@ def _pickle(path: Path, obj) -> None:
 
 def jobs(args) -> list[tuple[str, list[str]]]:
     data = {"Digits": ["--dataset", "Digits"],
-            "CIFARDigits": ["--dataset", "CIFAR10", "--data_path", str(args.out / "cifar_digits")]}
+            "CIFARDigits": ["--dataset", "CIFAR10", "--data_path", str(cifar_digits_folder(args))]}
     budget = {"DM": ["--Iteration", str(args.dm_iterations)], "DSA": ["--Iteration", str(args.dsa_iterations)]}
     out = []
     for dataset in args.datasets.split(","):
@@ -89,10 +89,16 @@ def jobs(args) -> list[tuple[str, list[str]]]:
     return out
 
 
+def cifar_digits_folder(args) -> Path:
+    return (args.cifar_digits or args.out / "cifar_digits").resolve()
+
+
 def run(args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if "CIFARDigits" in args.datasets:
-        write_cifar_digits(args.out / "cifar_digits")
+        write_cifar_digits(cifar_digits_folder(args))
+    if args.prepare_only:
+        return
     code = Path(args.code).resolve()
     for name, argv in jobs(args):
         report = args.out / f"{name}.json"
@@ -142,6 +148,9 @@ def main() -> None:
     parser.add_argument("--dsa_iterations", type=int, default=20)
     parser.add_argument("--num_eval", type=int, default=5)
     parser.add_argument("--gpu", default="0")
+    parser.add_argument("--cifar_digits", type=Path, default=None,
+                        help="folder of the CIFAR-format Digits copy (default <out>/cifar_digits; written if absent)")
+    parser.add_argument("--prepare_only", action="store_true", help="only write the CIFAR-format copy")
     parser.add_argument("--summarize", type=Path, nargs="+")
     args = parser.parse_args()
     if args.summarize:
