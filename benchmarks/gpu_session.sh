@@ -32,20 +32,21 @@ $PY -c "import torch; print('torch', torch.__version__)" | tee -a "$SUMMARY"
 FID=$OUT/fidelity
 $PY benchmarks/dsa_fidelity.py --out "$FID/before" --cifar_digits "$FID/data" --prepare_only >"$LOGS/fid_prep.log" 2>&1
 for variant in before after; do
-    code=$PWD
-    [ "$variant" = before ] && code=$PWD/.before
+    code=$PWD extra="--eager"  # accuracy, not speed: no compiling in 12 processes at once
+    [ "$variant" = before ] && code=$PWD/.before extra=""
     for method in DM DSA; do
         for seed in 0 1 2; do
-            timeout "${FID_SECONDS:-250}" $PY benchmarks/dsa_fidelity.py --code "$code" --out "$FID/$variant" \
+            timeout "${FID_SECONDS:-220}" $PY benchmarks/dsa_fidelity.py --code "$code" --out "$FID/$variant" \
                 --cifar_digits "$FID/data" --datasets CIFARDigits --methods $method --seeds $seed \
-                --dm_iterations "${DM_ITERS:-300}" --dsa_iterations "${DSA_ITERS:-10}" \
+                --dm_iterations "${DM_ITERS:-300}" --dsa_iterations "${DSA_ITERS:-10}" --eager_eval \
+                --distill_extra "$extra" \
                 >"$LOGS/fid_${variant}_${method}_$seed.log" 2>&1 &
         done
     done
 done
 
 # 2. CUDA tests, meanwhile
-step tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py -rs
+step tests 140 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py -rs
 tail -n 4 "$LOGS/tests.log" >>"$SUMMARY"
 wait
 echo "== fidelity done at $((SECONDS - START)) s" | tee -a "$SUMMARY"
@@ -53,10 +54,10 @@ $PY benchmarks/dsa_fidelity.py --summarize "$FID/before" "$FID/after" >>"$SUMMAR
 cat "$FID"/*/*_seed*.json 2>/dev/null | grep -v validate >"$LOGS/fidelity_runs.txt"
 
 # 3. benchmarks, alone on the card
-step bench_iteration 170 $PY benchmarks/bench_distill.py --device cuda --scope iteration --repeats 3 \
+step bench_iteration 150 $PY benchmarks/bench_distill.py --device cuda --scope iteration --repeats 3 \
     --cases DC10,DSA10,DM50
 grep '^|' "$LOGS/bench_iteration.log" >>"$SUMMARY"
-step bench_eval 90 $PY benchmarks/bench_eval.py --device cuda --nets 5 --epochs 300
+step bench_eval 80 $PY benchmarks/bench_eval.py --device cuda --nets 5 --epochs 300
 grep -E '^\||^device' "$LOGS/bench_eval.log" >>"$SUMMARY"
 
 rm -rf "$FID/data" "$FID"/*/CIFARDigits_*/
