@@ -39,7 +39,7 @@ for variant in before after; do
             timeout "${FID_SECONDS:-220}" $PY benchmarks/dsa_fidelity.py --code "$code" --out "$FID/$variant" \
                 --cifar_digits "$FID/data" --datasets CIFARDigits --methods $method --seeds $seed \
                 --dm_iterations "${DM_ITERS:-300}" --dsa_iterations "${DSA_ITERS:-10}" --eager_eval \
-                --distill_extra "$extra" \
+                --distill_extra="$extra" \
                 >"$LOGS/fid_${variant}_${method}_$seed.log" 2>&1 &
         done
     done
