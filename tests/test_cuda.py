@@ -148,11 +148,11 @@ def test_default_stacking_is_for_one_batch_sets_on_cuda():
 
 
 # ---------------------------------------------------------------- fast paths on CUDA (utils/fast.py)
-def _train_cuda(compiled: bool, stack: bool, augment=None):
+def _train_cuda(compiled: bool, stack: bool, augment=None, epochs: int = 6):
     gen = torch.Generator().manual_seed(0)
     source = TensorSource(torch.randn(100, *SHAPE, generator=gen).to(CUDA),
                           (torch.arange(100) % C).to(CUDA), C)
-    schedule = Schedule(epochs=6, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4, milestones=(3,),
+    schedule = Schedule(epochs=epochs, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4, milestones=(3,),
                         restart_optimizer=True, augment=augment)
     models = [build_seeded_network("ConvNet", 3, C, SHAPE[1:], s, CUDA) for s in (1, 2, 3)]
     train_models(models, source, schedule, [make_generator(s, CUDA) for s in (1, 2, 3)], stack=stack,
@@ -162,20 +162,25 @@ def _train_cuda(compiled: bool, stack: bool, augment=None):
 
 @pytest.mark.parametrize("stack", [False, True])
 def test_compiled_cuda_graph_step_equals_eager(stack):
-    """The compiled step replayed as a CUDA graph vs torch.optim, float32 with TF32 off: relative norm < 1e-3
-    after 6 steps (fused kernels sum in another order; TF32 alone would differ by ~1e-2)."""
+    """The compiled step replayed as a CUDA graph vs torch.optim, float32 with TF32 off, relative norm of all
+    weights together. One step: < 1e-5 (the same maths summed in another order; a near-zero bias alone can
+    differ by 4e-4 relatively). Six steps: < 2e-2 — measured on an H200, a ConvNet step amplifies a 1e-6
+    difference to ~1e-4 and six reach ~5e-4 to 1.5e-3, with or without the CUDA graph."""
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
     try:
         flip = augment.dsa_augmenter("flip_crop", augment.DISTILLATION_DSA)
-        eager, compiled = _train_cuda(False, stack, flip), _train_cuda(True, stack, flip)
+        for epochs, tolerance in ((1, 1e-5), (6, 2e-2)):
+            eager = _train_cuda(False, stack, flip, epochs)
+            compiled = _train_cuda(True, stack, flip, epochs)
+            for a, b in zip(eager, compiled):
+                flat_a = torch.cat([x.detach().flatten() for x in a.parameters()])
+                flat_b = torch.cat([x.detach().flatten() for x in b.parameters()])
+                assert rel(flat_b, flat_a) < tolerance, (epochs, rel(flat_b, flat_a))
     finally:
         torch.backends.cudnn.allow_tf32 = True
     from utils import fast
 
     assert fast.fast_path_available(), fast._BROKEN
-    for a, b in zip(eager, compiled):
-        for (name, x), y in zip(a.named_parameters(), b.parameters()):
-            assert rel(y, x) < 1e-3, (name, rel(y, x))
 
 
 def test_compiled_real_side_on_cuda_equals_eager():
