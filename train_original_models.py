@@ -54,7 +54,8 @@ def check_args(args) -> list[int]:
 def main(argv=None) -> None:
     args = get_args_parser().parse_args(argv)
     milestones = check_args(args)
-    dist, device = start_process(args.gpu)
+    runtime = start_process(args.gpu, args.eager, args.precision)
+    dist, device = runtime.dist, runtime.device
     seed = fix_seed(dist, args.random_seed)
     data = load_dataset(args.dataset, args.data_path, device, normalize=args.normalize_data,
                         download=not args.no_download)
@@ -104,8 +105,9 @@ def main(argv=None) -> None:
     if args.epochs == 0:
         save_and_test(0, list(range(len(models))), models)
     else:
-        train_models(models, data.train, schedule, generators, hook=EpochHook(save_and_test, args.save_every),
-                     stack=False if args.no_stack else None, desc=f"train {args.model}")
+        with runtime.autocast():
+            train_models(models, data.train, schedule, generators, hook=EpochHook(save_and_test, args.save_every),
+                         stack=False if args.no_stack else None, compiled=runtime.fast, desc=f"train {args.model}")
     elapsed = time.time() - start
     for (_, run_dir), info in zip(runs, infos):  # the time this process took for all its models
         info.update(wall_time_s=round(elapsed, 2), models_in_this_process=len(models))

@@ -61,7 +61,8 @@ def main(argv=None):
     augment = dsa_augmenter(args.dsa_strategy) if args.dsa else None
     if args.result_json and Path(args.result_json).exists():
         raise UserError(f"--result_json {args.result_json} already exists; refusing to overwrite it")
-    dist, device = start_process(args.gpu)
+    runtime = start_process(args.gpu, args.eager, args.precision)
+    dist, device = runtime.dist, runtime.device
     seed = fix_seed(dist, args.random_seed)
 
     images, labels, content = load_result_file(args.synthesis_data_path, args.experiment)
@@ -86,13 +87,15 @@ def main(argv=None):
         logger.info(distributed.multigpu_notice(args.multigpu))
     logger.info("seed %d | device %s | %s: %d synthetic images, %d test | normalized %s | dsa %s",
                 seed, device, spec.name, len(labels), len(data.test), args.normalize_data, args.dsa)
+    logger.info("precision %s | fast paths %s", runtime.precision, "on" if runtime.fast else "off")
 
     schedule = Schedule(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                         weight_decay=args.weight_decay, milestones=tuple(milestones), augment=augment)
     network = NetworkSpec(args.model, spec.channel, spec.num_classes, spec.im_size)
-    result = train_and_test(network, [seed + k for k in range(args.num_eval)],
-                            TensorSource(images, labels, spec.num_classes), data.test, schedule, device=device,
-                            test_every=args.save_every, keep_best_states=args.save_model, dist=dist)
+    with runtime.autocast():
+        result = train_and_test(network, [seed + k for k in range(args.num_eval)],
+                                TensorSource(images, labels, spec.num_classes), data.test, schedule,
+                                runtime=runtime, test_every=args.save_every, keep_best_states=args.save_model)
     tests = test_evaluations(args.epochs, args.save_every)
     for k, (final, best, epoch) in enumerate(zip(result.final, result.best, result.best_epoch)):
         logger.info("network %d: final test acc %.4f | max over %d test evaluations %.4f at epoch %d", k, final,

@@ -1,20 +1,21 @@
-"""Time one distillation outer step: the class-batched losses vs the paper's per-class loops.
+"""Time one distillation outer step (or a whole iteration): the paper's per-class loops vs ours, in one run.
 
 One step = (DSA: Siamese augmentation +) matching loss + backward to the synthetic images, on CIFAR-shaped
-random data (10 classes, 3x32x32) with a fresh ConvNet; drawing the real batch is excluded.
+random data (10 classes, 3x32x32) with a fresh ConvNet; drawing the real batch is excluded. Paths:
 
-- DC / DSA: gradient_matching_loss (one vmap(grad) per side) vs gradient_matching_loss_loop (2C autograd.grad
-  calls). DSA batched: one siamese_augment call; DSA loop: the paper's two dsa_augment calls per class
-  with a shared seed.
-- DM: distribution_matching_loss (two embed calls) vs distribution_matching_loss_loop (2C embed calls);
-  frozen network, no augmentation.
+- loop:    the paper's algorithm — gradient_matching_loss_loop (2C autograd.grad calls), per-class DSA
+           calls with a shared seed, distribution_matching_loss_loop (2C embed calls), eager inner loop.
+- batched: ours, all classes in one vmap(grad) call / one embed call, eager.
+- default: ours as the scripts run it on this device (utils/runtime.py): on CUDA class-batched with the
+           compiled real side and compiled inner-loop step (CUDA graphs); on a CPU one class at a time.
 
-Batched and loop runs alternate, the median over --repeats is printed, plus |loss difference| / |loss| as a
-check that both compute the same thing (DSA's two paths draw different augmentations, so it is left out).
+Paths alternate, the median over --repeats is printed, plus |loss difference| / |loss| between loop and default
+(DSA's paths draw different augmentations, so it is left out). The first call of a compiled path compiles
+(warm-up, untimed).
 
 --scope iteration times a whole distillation iteration instead: for DC / DSA, outer_loop times (matching loss,
 SGD step on the images, inner_loop epochs of training the network on the synthetic set, as in distill.py);
-for DM, one matching step plus the SGD step. Both paths share the inner loop, so its cost dilutes the ratio.
+for DM, one matching step plus the SGD step.
 
     python benchmarks/bench_distill.py             # batch_real 256, 5 repeats, CPU (+ CUDA when present)
     python benchmarks/bench_distill.py --quick     # batch_real 64, 2 repeats
@@ -37,13 +38,21 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from methods.DC_DSA_DM.distribution_matching import distribution_matching_loss  # noqa: E402
-from methods.DC_DSA_DM.gradient_matching import get_loops, gradient_matching_loss  # noqa: E402
+from methods.DC_DSA_DM.gradient_matching import (  # noqa: E402
+    MatchingExecution,
+    execution_for,
+    get_loops,
+    gradient_matching_loss,
+)
 from methods.DC_DSA_DM.synset import class_labels  # noqa: E402
 from methods.reference import distribution_matching_loss_loop, gradient_matching_loss_loop  # noqa: E402
 from networks import build_network  # noqa: E402
 from utils.augment import DEFAULT_DSA_STRATEGY, DISTILLATION_DSA, dsa_augment, dsa_augmenter, siamese_augment  # noqa: E402
 from utils.engine import Schedule, TensorSource, train_models  # noqa: E402
 from utils.misc import make_generator  # noqa: E402
+from utils.runtime import make_runtime  # noqa: E402
+
+PATHS = ("loop", "batched", "default")
 
 NUM_CLASSES, SHAPE = 10, (3, 32, 32)
 CASES = {"DC1": ("DC", 1), "DC10": ("DC", 10), "DC50": ("DC", 50), "DSA10": ("DSA", 10),
@@ -75,7 +84,14 @@ def dsa_loop(real, syn, generator):
     return torch.stack(out_real), torch.stack(out_syn)
 
 
-def make_step(method: str, batched: bool, model, real, syn, device):
+def execution(path: str, device) -> MatchingExecution | None:
+    """None for the paper's loop."""
+    if path == "loop":
+        return None
+    return MatchingExecution(batched=True) if path == "batched" else execution_for(make_runtime(device))
+
+
+def make_step(method: str, how: MatchingExecution | None, model, real, syn, device):
     """A closure doing one outer step; returns the (detached) loss."""
     generator = make_generator(0, device)
     cpu_generator = make_generator(0)
@@ -84,22 +100,25 @@ def make_step(method: str, batched: bool, model, real, syn, device):
         syn.grad = None
         r, s = real, syn
         if method == "DM":
-            loss = (distribution_matching_loss if batched else distribution_matching_loss_loop)(model, r, s)
+            loss = (distribution_matching_loss if how else distribution_matching_loss_loop)(model, r, s)
         else:
             if method == "DSA":
-                r, s = (siamese_augment(r, s, DEFAULT_DSA_STRATEGY, generator) if batched
+                r, s = (siamese_augment(r, s, DEFAULT_DSA_STRATEGY, generator) if how
                         else dsa_loop(r, s, cpu_generator))
-            loss = (gradient_matching_loss if batched else gradient_matching_loss_loop)(model, r, s)
+            if how:
+                loss = gradient_matching_loss(model, r, s, execution=how)
+            else:
+                loss = gradient_matching_loss_loop(model, r, s)
         loss.backward()
         return loss.detach()
 
     return step
 
 
-def make_iteration(method: str, batched: bool, model, real, syn, device):
+def make_iteration(method: str, how: MatchingExecution | None, model, real, syn, device):
     """A closure doing one whole distillation iteration from the same starting images and network."""
     outer_loop, inner_loop = (1, 0) if method == "DM" else get_loops(syn.shape[1])
-    step = make_step(method, batched, model, real, syn, device)
+    step = make_step(method, how, model, real, syn, device)
     start_images, start_weights = syn.detach().clone(), {k: v.clone() for k, v in model.state_dict().items()}
     labels = class_labels(syn.shape[0], syn.shape[1], device).flatten()
     augment = dsa_augmenter(DEFAULT_DSA_STRATEGY, DISTILLATION_DSA) if method == "DSA" else None
@@ -117,7 +136,7 @@ def make_iteration(method: str, batched: bool, model, real, syn, device):
             if i == outer_loop - 1:
                 break
             train_models([model], TensorSource(syn.detach().flatten(0, 1), labels), inner,
-                         [make_generator(i, device)])
+                         [make_generator(i, device)], compiled=bool(how and how.compiled))
         return total
 
     return iteration
@@ -145,18 +164,19 @@ def run_case(name: str, device, batch_real: int, repeats: int, warmup: int, mode
     real = torch.randn(NUM_CLASSES, batch_real, *SHAPE, generator=gen, device=device)
     syn = torch.randn(NUM_CLASSES, ipc, *SHAPE, generator=gen, device=device, requires_grad=True)
     make = make_step if scope == "step" else make_iteration
-    steps = {path: make(method, path == "batched", model, real, syn, device) for path in ("batched", "loop")}
-    times, losses = {"batched": [], "loop": []}, {}
+    steps = {path: make(method, execution(path, device), model, real, syn, device) for path in PATHS}
+    times, losses = {path: [] for path in PATHS}, {}
     for i in range(warmup + repeats):
-        for path, step in steps.items():  # alternate, so load changes hit both paths alike
+        for path, step in steps.items():  # alternate, so load changes hit every path alike
             seconds, losses[path] = timed(step, device)
             if i >= warmup:
                 times[path].append(seconds)
-    batched, loop = statistics.median(times["batched"]), statistics.median(times["loop"])
-    rel_diff = float((losses["batched"] - losses["loop"]).abs() / losses["loop"].abs())
+    med = {path: statistics.median(times[path]) for path in PATHS}
+    rel_diff = float((losses["default"] - losses["loop"]).abs() / losses["loop"].abs())
     diff = "-" if method == "DSA" else f"{rel_diff:.1e}"
-    return (f"| {method:<4}| {ipc:>3} | {device.type:<4} | {batch_real:>4} | {batched:9.4f} | {loop:9.4f} "
-            f"| {loop / batched:6.2f}x | {diff:>8} |")
+    loop, batched, default = med["loop"], med["batched"], med["default"]
+    return (f"| {method:<4}| {ipc:>3} | {device.type:<4} | {batch_real:>4} | {loop:9.4f} | {batched:9.4f} "
+            f"| {default:9.4f} | {loop / batched:6.2f}x | {loop / default:6.2f}x | {diff:>8} |")
 
 
 def main(argv=None) -> None:
@@ -174,8 +194,8 @@ def main(argv=None) -> None:
     print(f"seconds per {'outer step' if args.scope == 'step' else 'distillation iteration'}; "
           f"model {args.model}, {NUM_CLASSES} classes x {'x'.join(map(str, SHAPE))}, median of {repeats} "
           f"(after {args.warmup} warm-up), torch {torch.__version__}, {torch.get_num_threads()} CPU threads")
-    print("| meth| ipc | dev  | real | batched s | loop s    | speedup | rel.diff |")
-    print("|-----|-----|------|------|-----------|-----------|---------|----------|")
+    print("| meth| ipc | dev  | real | loop s    | batched s | default s | loop/bat | loop/def | rel.diff |")
+    print("|-----|-----|------|------|-----------|-----------|-----------|----------|----------|----------|")
     for device in map(torch.device, devices):
         if device.type == "cuda" and torch.cuda.is_available():
             torch.backends.cudnn.benchmark = True  # as distill.run does on CUDA

@@ -74,7 +74,7 @@ def _pickle(path: Path, obj) -> None:
 
 def jobs(args) -> list[tuple[str, list[str]]]:
     data = {"Digits": ["--dataset", "Digits"],
-            "CIFARDigits": ["--dataset", "CIFAR10", "--data_path", str(args.out / "cifar_digits")]}
+            "CIFARDigits": ["--dataset", "CIFAR10", "--data_path", str(cifar_digits_folder(args))]}
     budget = {"DM": ["--Iteration", str(args.dm_iterations)], "DSA": ["--Iteration", str(args.dsa_iterations)]}
     out = []
     for dataset in args.datasets.split(","):
@@ -82,17 +82,23 @@ def jobs(args) -> list[tuple[str, list[str]]]:
             for seed in args.seeds.split(","):
                 script = "main_DM.py" if method == "DM" else "main.py"
                 flags = [*data[dataset], "--ipc", "10", "--init", "real", "--num_eval", "0", "--random_seed", seed,
-                         "--gpu", args.gpu, *budget[method]]
+                         "--gpu", args.gpu, *budget[method], *args.distill_extra.split()]
                 if method == "DSA":
                     flags += ["--method", "DSA"]
                 out.append((f"{dataset}_{method}_seed{seed}", [f"methods/DC_DSA_DM/{script}", *flags]))
     return out
 
 
+def cifar_digits_folder(args) -> Path:
+    return (args.cifar_digits or args.out / "cifar_digits").resolve()
+
+
 def run(args) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     if "CIFARDigits" in args.datasets:
-        write_cifar_digits(args.out / "cifar_digits")
+        write_cifar_digits(cifar_digits_folder(args))
+    if args.prepare_only:
+        return
     code = Path(args.code).resolve()
     for name, argv in jobs(args):
         report = args.out / f"{name}.json"
@@ -108,8 +114,9 @@ def run(args) -> None:
         subprocess.run([sys.executable, str(ROOT / "validate.py"), "--dataset", *dataset, *data_path, "--model",
                         "ConvNet", "--normalize_data", "--dsa", "--epochs", "300", "--save_every", "300",
                         "--lr_decay_step", "150", "--num_eval", str(args.num_eval), "--random_seed", "0", "--gpu",
-                        args.gpu, "--synthesis_data_path", str(synthetic_set), "--result_json",
-                        str(args.out / f"{name}.validate.json")], check=True, stdout=subprocess.DEVNULL)
+                        args.gpu, *(["--eager"] if args.eager_eval else []), "--synthesis_data_path",
+                        str(synthetic_set), "--result_json", str(args.out / f"{name}.validate.json")],
+                       check=True, stdout=subprocess.DEVNULL)
         final = json.loads((args.out / f"{name}.validate.json").read_text())["final"]
         report.write_text(json.dumps({"name": name, "distill_s": round(seconds, 1), "final": final}))
         print(f"{name}: {100 * np.mean(final):.2f} ± {100 * np.std(final):.2f}% ({seconds:.0f} s)", flush=True)
@@ -142,6 +149,11 @@ def main() -> None:
     parser.add_argument("--dsa_iterations", type=int, default=20)
     parser.add_argument("--num_eval", type=int, default=5)
     parser.add_argument("--gpu", default="0")
+    parser.add_argument("--cifar_digits", type=Path, default=None,
+                        help="folder of the CIFAR-format Digits copy (default <out>/cifar_digits; written if absent)")
+    parser.add_argument("--prepare_only", action="store_true", help="only write the CIFAR-format copy")
+    parser.add_argument("--distill_extra", default="", help="more flags for the distillation command")
+    parser.add_argument("--eager_eval", action="store_true", help="validate.py --eager (no compiling)")
     parser.add_argument("--summarize", type=Path, nargs="+")
     args = parser.parse_args()
     if args.summarize:

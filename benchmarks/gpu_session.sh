@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark in one go, for a short loan of a CUDA machine (about 8 minutes on an H200):
-#   1. the CUDA tests (tests/test_cuda.py, the CUDA data test);
-#   2. benchmarks/bench_distill.py per outer step and per whole iteration, bench_train_pool.py, bench_clom.py;
-#   3. a DC ipc-10 sweep on Digits (lr_img x init x iterations), each set validated like benchmarks/digits_table.py.
-# $OUT (default ./gpu_out) gets summary.txt and logs.tgz (every log); the summary is printed last.
+# Every GPU check and benchmark in one call of a short CUDA loan (about 9 minutes on an H200):
+#   1. issue-13 fidelity on the CIFAR-format Digits copy (DM and DSA ipc 10, 3 seeds, before and after the
+#      one-op-per-class DSA; the "before" checkout is .before/, carried) — in the background, while
+#   2. the CUDA tests (tests/test_cuda.py) run;
+#   3. alone on the card: bench_distill.py per whole iteration (paper loop vs batched eager vs default fast) and
+#      bench_eval.py (evaluation ensembles).
+# $OUT (default ./gpu_out) gets summary.txt (printed last) and logs.tgz.
 #     bash benchmarks/gpu_session.sh
 set -u
 cd "$(dirname "$0")/.."
@@ -14,60 +16,52 @@ export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD TQDM_DISABLE=1
 PY=${PYTHON:-python3}
 SUMMARY=$OUT/summary.txt
 : >"$SUMMARY"
+START=$SECONDS
 
-step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $OUT/NAME.log, keep the tail
+step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $LOGS/NAME.log
     local name=$1 limit=$2 start=$SECONDS
     shift 2
     timeout "$limit" "$@" >"$LOGS/$name.log" 2>&1
-    echo "== $name: rc $?, $((SECONDS - start)) s" | tee -a "$SUMMARY"
+    echo "== $name: rc $?, $((SECONDS - start)) s (at $((SECONDS - START)) s)" | tee -a "$SUMMARY"
 }
 
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$SUMMARY"
-$PY -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)" \
-    | tee -a "$SUMMARY"
+$PY -c "import torch; print('torch', torch.__version__)" | tee -a "$SUMMARY"
 
-step tests 150 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py tests/test_data.py -k "cuda" -rs
-tail -n 3 "$LOGS/tests.log" >>"$SUMMARY"
-step bench_step 150 $PY benchmarks/bench_distill.py --device cuda
-grep '^|' "$LOGS/bench_step.log" >>"$SUMMARY"
+# 1. fidelity jobs, one process per (variant, method, seed), all at once
+FID=$OUT/fidelity
+$PY benchmarks/dsa_fidelity.py --out "$FID/before" --cifar_digits "$FID/data" --prepare_only >"$LOGS/fid_prep.log" 2>&1
+for variant in before after; do
+    code=$PWD extra="--eager"  # accuracy, not speed: no compiling in 12 processes at once
+    [ "$variant" = before ] && code=$PWD/.before extra=""
+    for method in DM DSA; do
+        for seed in 0 1 2; do
+            timeout "${FID_SECONDS:-220}" $PY benchmarks/dsa_fidelity.py --code "$code" --out "$FID/$variant" \
+                --cifar_digits "$FID/data" --datasets CIFARDigits --methods $method --seeds $seed \
+                --dm_iterations "${DM_ITERS:-300}" --dsa_iterations "${DSA_ITERS:-10}" --eager_eval \
+                --distill_extra="$extra" \
+                >"$LOGS/fid_${variant}_${method}_$seed.log" 2>&1 &
+        done
+    done
+done
+
+# 2. CUDA tests, meanwhile
+step tests 140 $PY -m pytest -q -p no:cacheprovider tests/test_cuda.py -rs
+tail -n 4 "$LOGS/tests.log" >>"$SUMMARY"
+wait
+echo "== fidelity done at $((SECONDS - START)) s" | tee -a "$SUMMARY"
+$PY benchmarks/dsa_fidelity.py --summarize "$FID/before" "$FID/after" >>"$SUMMARY" 2>&1
+cat "$FID"/*/*_seed*.json 2>/dev/null | grep -v validate >"$LOGS/fidelity_runs.txt"
+
+# 3. benchmarks, alone on the card
 step bench_iteration 150 $PY benchmarks/bench_distill.py --device cuda --scope iteration --repeats 3 \
-    --cases DC1,DC10,DSA10,DM10,DC50
+    --cases DC10,DSA10,DM50
 grep '^|' "$LOGS/bench_iteration.log" >>"$SUMMARY"
-step bench_pool 90 $PY benchmarks/bench_train_pool.py --device cuda --num 10 --images 4096 --epochs 2
-tail -n 3 "$LOGS/bench_pool.log" >>"$SUMMARY"
-step bench_clom 60 $PY benchmarks/bench_clom.py --device cuda --quick
-tail -n 8 "$LOGS/bench_clom.log" >>"$SUMMARY"
+step bench_eval 80 $PY benchmarks/bench_eval.py --device cuda --nets 5 --epochs 300
+grep -E '^\||^device' "$LOGS/bench_eval.log" >>"$SUMMARY"
 
-# DC ipc 10 on Digits: which settings beat 10 random real images per class (same evaluation)? On an H200
-# (8 jobs sharing it, 30 iterations in 105 s): random real 97.16 ± 0.21%, lr_img 0.1: 94.09 ± 0.72%, 0.01: 97.53 ± 0.59%.
-sweep() {  # sweep NAME DISTILL_FLAGS...
-    local name=$1
-    shift
-    local dir=$LOGS/sweep/$name
-    mkdir -p "$dir"
-    local start=$SECONDS
-    $PY methods/DC_DSA_DM/main.py --method DC --dataset Digits --ipc 10 --num_eval 0 --random_seed 0 \
-        --save_path "$dir" "$@" >"$LOGS/sweep_$name.log" 2>&1 || return
-    local seconds=$((SECONDS - start))
-    $PY validate.py --dataset Digits --model ConvNet --normalize_data --dsa --epochs 300 --save_every 300 \
-        --lr_decay_step 150 --num_eval 5 --random_seed 0 --synthesis_data_path "$(find "$dir" -name 'res_*.pt')" \
-        >"$LOGS/validate_$name.log" 2>&1
-    echo "$name: distilled in $seconds s, $(grep -o 'final [0-9.]* ± [0-9.]*%' "$LOGS/validate_$name.log")" \
-        >>"$LOGS/sweep_results.txt"
-}
-sweep_start=$SECONDS
-sweep random_real --init real --Iteration 0 &
-sweep lr0.1_real_30 --init real --Iteration 30 &
-sweep lr0.01_real_30 --init real --Iteration 30 --lr_img 0.01 &
-sweep lr0.03_real_30 --init real --Iteration 30 --lr_img 0.03 &
-sweep lr0.01_real_100 --init real --Iteration 100 --lr_img 0.01 &
-sweep lr0.01_noise_100 --init noise --Iteration 100 --lr_img 0.01 &
-deadline=$((SECONDS + ${SWEEP_SECONDS:-220}))
-while [ -n "$(jobs -rp)" ] && [ "$SECONDS" -lt "$deadline" ]; do sleep 2; done
-echo "== sweep: $((SECONDS - sweep_start)) s, unfinished: $(jobs -rp | wc -l)" | tee -a "$SUMMARY"
-sort "$LOGS/sweep_results.txt" >>"$SUMMARY" 2>/dev/null
-rm -rf "$LOGS/sweep"
-tar czf "$OUT/logs.tgz" -C "$OUT" logs && rm -rf "$LOGS"
+rm -rf "$FID/data" "$FID"/*/CIFARDigits_*/
+tar czf "$OUT/logs.tgz" -C "$OUT" logs fidelity 2>/dev/null && rm -rf "$LOGS" "$FID"
+echo "== total $((SECONDS - START)) s" | tee -a "$SUMMARY"
 cat "$SUMMARY"
-pkill -P $$ 2>/dev/null
 exit 0

@@ -86,21 +86,21 @@ register("MLP")(MLP)
 register("LeNet")(LeNet)
 
 
-@register("AlexNet")
-def alexnet(channel, num_classes, im_size):
-    return ConvStackNet(channel, num_classes, im_size, _alexnet_config(channel), norm="none")
+# Registered name -> (layer configuration, norm), as the ConvNet variants are a table in convnet.py.
+CONV_STACK_VARIANTS = {
+    "AlexNet": (_alexnet_config, "none"),
+    "AlexNetBN": (_alexnet_config, "batchnorm"),
+    "VGG11": (_vgg11_config, "instancenorm"),
+    "VGG11BN": (_vgg11_config, "batchnorm"),
+}
 
 
-@register("AlexNetBN")
-def alexnet_bn(channel, num_classes, im_size):
-    return ConvStackNet(channel, num_classes, im_size, _alexnet_config(channel), norm="batchnorm")
+def _conv_stack_builder(config, norm: str):
+    def build(channel, num_classes, im_size):
+        return ConvStackNet(channel, num_classes, im_size, config(channel), norm=norm)
+
+    return build
 
 
-@register("VGG11")
-def vgg11(channel, num_classes, im_size):
-    return ConvStackNet(channel, num_classes, im_size, _vgg11_config(channel), norm="instancenorm")
-
-
-@register("VGG11BN")
-def vgg11_bn(channel, num_classes, im_size):
-    return ConvStackNet(channel, num_classes, im_size, _vgg11_config(channel), norm="batchnorm")
+for _name, (_config, _norm) in CONV_STACK_VARIANTS.items():
+    register(_name)(_conv_stack_builder(_config, _norm))

@@ -19,6 +19,7 @@ from utils.augment import (
     draw_dsa_params,
     draw_dsa_plan,
     dsa_augment,
+    dsa_augmenter,
 )
 from utils.misc import UserError
 
@@ -415,6 +416,18 @@ def test_shapes_and_float32(shape):
         assert out.shape == x.shape and out.dtype == torch.float32 and torch.isfinite(out).all()
     out = dc_augment(x, "crop_scale_rotate_noise", gen())
     assert out.shape == x.shape and out.dtype == torch.float32
+
+
+@pytest.mark.parametrize("mode", ["S", "M"])
+def test_ensemble_augmentation_in_one_call_equals_one_call_per_member(mode):
+    """K members' batches augmented together equal K separate calls, each member drawing from its own generator
+    (bit for bit: every op acts per image)."""
+    augment = dsa_augmenter(FULL, DSAParams(aug_mode=mode, align_corners=False))
+    x = images((3, 8, 8), n=5 * 7, dtype=torch.float32).view(5, 7, 3, 8, 8)
+    together = augment.members(x, [gen(s) for s in range(5)])
+    alone = torch.stack([augment(x[m], gen(m)) for m in range(5)])
+    assert torch.equal(together, alone)
+    assert not torch.equal(together[0], together[1])
 
 
 @pytest.mark.parametrize("channels", [1, 3])  # grey: our gather; colour: kornia's translate

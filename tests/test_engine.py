@@ -18,6 +18,7 @@ from utils.engine import (
     train_models,
 )
 from utils.misc import make_generator
+from utils.runtime import Runtime
 
 
 def _toy_source(n=48, seed=0):
@@ -107,7 +108,8 @@ def test_paper_eval_schedule_matches_paper():
 def test_train_and_test_reports_final_and_best():
     source = _toy_source()
     schedule = Schedule(epochs=4, batch_size=16, lr=0.05)
-    result = train_and_test(NetworkSpec("ConvNetW32", 1, 4, (8, 8)), [0, 1], source, source, schedule, device="cpu",
+    result = train_and_test(NetworkSpec("ConvNetW32", 1, 4, (8, 8)), [0, 1], source, source, schedule,
+                            runtime=Runtime(torch.device("cpu")),
                             test_every=2, keep_best_states=True)
     assert len(result.final) == 2 and all(b >= f for b, f in zip(result.best, result.final))
     assert result.best_epoch[0] in (2, 4) and set(result.best_states[0]) >= {"classifier.weight"}

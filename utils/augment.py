@@ -389,13 +389,58 @@ def siamese_augment(real: torch.Tensor, syn: torch.Tensor, strategy: str | None,
     return out_real.view(real.shape), out_syn.view(syn.shape)
 
 
-def dsa_augmenter(strategy: str | None, params: DSAParams = DSAParams()) -> Augment | None:
-    """`augment(x, generator)` applying DSA with `strategy` (one op per call, each image its own
-    parameters); None for no augmentation. Unknown ops are refused here, before any training starts."""
+class DSAAugmenter:
+    """`augment(x, generator)`: DSA with one op per call and every image its own parameters (the paper's
+    plain DiffAugment call). `augment.members(x, generators)` does K such calls — one per model of an
+    ensemble, each drawing from its own generator exactly as alone — with each op applied once to the
+    batches of all members that drew it."""
+
+    def __init__(self, strategy: str, params: DSAParams = DSAParams()):
+        self.ops, self.params = parse_strategy(strategy, tuple(DSA_OPS), "DSA"), params
+        self.strategy = strategy
+
+    def __call__(self, x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return dsa_augment(x, self.strategy, generator, params=self.params)
+
+    def members(self, x: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
+        """x (K, B, C, H, W), member k drawing from generators[k]; the same result as stacking K calls."""
+        b = x.shape[1]
+        plans = [self._draw(b, x, generator) for generator in generators]  # per member: [(op, params), ...]
+        out = x
+        for step in range(len(plans[0])):  # mode 'S': one step; 'M': every op in order, the same for all
+            by_op: dict[str, list[int]] = {}
+            for member, plan in enumerate(plans):
+                by_op.setdefault(plan[step][0], []).append(member)
+            merged = torch.empty_like(out) if len(by_op) > 1 else None
+            for op, members in by_op.items():
+                params = {name: torch.cat([plans[m][step][1][name] for m in members])
+                          for name in plans[members[0]][step][1]}
+                batches = out[members] if merged is not None else out
+                result = apply_dsa_op(op, batches.flatten(0, 1), params, self.params).view(batches.shape)
+                if merged is None:
+                    out = result
+                else:
+                    merged[members] = result
+            if merged is not None:
+                out = merged
+        return out.contiguous()
+
+    def _draw(self, b: int, x: torch.Tensor, generator: torch.Generator) -> list[tuple[str, Params]]:
+        """One member's draws, in __call__'s order: its op (mode 'S'), then the parameters of its images."""
+        _check_generator(generator, x)
+        ops = self.ops
+        if self.params.aug_mode == "S":
+            ops = [ops[int(torch.randint(len(ops), (1,), generator=generator, device=x.device).item())]]
+        return [(op, draw_dsa_params(op, b, x.shape, generator, x.device, self.params)) for op in ops]
+
+
+def dsa_augmenter(strategy: str | None, params: DSAParams = DSAParams()) -> DSAAugmenter | None:
+    """A DSAAugmenter for `strategy`; None for no augmentation. Unknown ops are refused here, before any
+    training starts."""
     parse_strategy(strategy, tuple(DSA_OPS), "DSA")
     if is_identity(strategy):
         return None
-    return lambda x, generator: dsa_augment(x, strategy, generator, params=params)
+    return DSAAugmenter(strategy, params)
 
 
 # ----------------------------------------------------------------------------------------------------------

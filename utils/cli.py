@@ -16,6 +16,7 @@ from utils import distributed
 from utils.data import dataset_names
 from utils.distributed import DistInfo
 from utils.misc import UserError, resolve_seed, seed_everything
+from utils.runtime import PRECISIONS, Runtime, make_runtime
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -73,16 +74,24 @@ def training_parser(description: str, *, epochs: int, weight_decay: float, save_
                         help="epochs after which lr is multiplied by 0.1 (comma-separated; '' for none)")
     parser.add_argument("--normalize_data", action="store_true",
                         help="train and test on mean/std-normalized images (else [0,1] pixels)")
+    add_runtime_flags(parser)
     return parser
 
 
-def start_process(gpu: str) -> tuple[DistInfo, torch.device]:
-    """Join torchrun's process group (if any) and pick this process's device; let cuDNN pick its fastest
-    kernels once for the fixed shapes every step repeats."""
+def add_runtime_flags(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--precision", default=None, choices=PRECISIONS,
+                        help="fp32 | tf32 | bf16 (default: tf32 on CUDA, fp32 on a CPU)")
+    parser.add_argument("--eager", action="store_true",
+                        help="turn off the fast paths (compiled steps, CUDA graphs; on by default on CUDA only)")
+
+
+def start_process(gpu: str, eager: bool = False, precision: str | None = None) -> Runtime:
+    """Join torchrun's process group (if any), pick this process's device and how to run on it; let cuDNN
+    pick its fastest kernels once for the fixed shapes every step repeats."""
     dist, device = distributed.init_with_device(gpu)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
-    return dist, device
+    return make_runtime(device, dist, eager=eager, precision=precision)
 
 
 def fix_seed(dist: DistInfo, seed: int | None) -> int:

@@ -24,8 +24,10 @@ from tqdm import tqdm
 
 from networks import build_network, supports_stacking
 from utils.augment import Augment
-from utils.distributed import DistInfo, gather_objects, split_range
+from utils.distributed import gather_objects, split_range
+from utils.fast import CompiledTrainer, fast_path_available
 from utils.misc import make_generator, progress_disabled
+from utils.runtime import Runtime
 
 
 class ImageSource(Protocol):
@@ -139,6 +141,32 @@ class _Single:
         pass
 
 
+class _EagerTrainer:
+    """SGD on a _Stack or _Single with torch.optim: forward, backward, step."""
+
+    def __init__(self, runner, schedule: Schedule):
+        self.runner, self.schedule = runner, schedule
+        self.optimizer = _sgd(runner.parameters(), schedule, schedule.lr)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One SGD step of every model on its batch x (K, B, ...); returns per-sample losses and logits."""
+        logits = self.runner(x)
+        k = x.shape[0]
+        losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, -1)
+        loss = losses.mean(dim=1).sum()  # d(sum of per-model means)/d(model k) = model k's own gradient
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return losses.detach(), logits.detach()
+
+    def set_lr(self, lr: float, restart: bool) -> None:
+        if restart:
+            self.optimizer = _sgd(self.runner.parameters(), self.schedule, lr)
+        else:
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+
+
 def _groups(models: Sequence[nn.Module], stack: bool | None,
             batches_per_epoch: int = 1) -> list[tuple[list[int], object]]:
     """Split model ids into runners: stacked chunks where possible, single models otherwise.
@@ -159,13 +187,22 @@ def _sgd(params, schedule: Schedule, lr: float) -> torch.optim.SGD:
     return torch.optim.SGD(params, lr=lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay)
 
 
+def _trainer(runner, schedule: Schedule, compiled: bool):
+    """The compiled step where asked for and possible (no BatchNorm), else torch.optim's."""
+    models = runner.models
+    if compiled and fast_path_available() and all(supports_stacking(m) for m in models):
+        rebuild = lambda: _EagerTrainer(_Stack(models) if len(models) > 1 else _Single(models[0]), schedule)
+        return CompiledTrainer(models, schedule, rebuild)
+    return _EagerTrainer(runner, schedule)
+
+
 def _train_runner(runner, source, schedule: Schedule, generators, hook: EpochHook | None, model_ids,
-                  progress: tqdm | None) -> None:
+                  progress: tqdm | None, compiled: bool = False) -> None:
     augment = schedule.augment
     n, k = len(source), len(generators)
     labels = source.labels
     lr = schedule.lr
-    optimizer = _sgd(runner.parameters(), schedule, lr)
+    trainer = _trainer(runner, schedule, compiled)
     runner.train()
     for epoch in range(1, schedule.epochs + 1):
         # Each model draws its own batch order from its own generator (as if trained alone).
@@ -177,39 +214,38 @@ def _train_runner(runner, source, schedule: Schedule, generators, hook: EpochHoo
             flat = source.images(idx.reshape(-1))
             x = flat.view(k, idx.shape[1], *flat.shape[1:])
             y = labels[idx]
-            if augment is not None:
+            if augment is not None and hasattr(augment, "members"):  # one call for the whole ensemble
+                x = augment.members(x, generators)
+            elif augment is not None:
                 x = torch.stack([augment(x[m], generators[m]) for m in range(k)])
-            logits = runner(x)
-            losses = F.cross_entropy(logits.flatten(0, 1), y.flatten(), reduction="none").view(k, -1)
-            loss = losses.mean(dim=1).sum()  # d(sum of per-model means)/d(model k) = model k's own gradient
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            loss_sum += losses.detach().sum()
-            correct += (logits.detach().argmax(-1) == y).sum()
+            losses, logits = trainer.step(x, y)
+            loss_sum += losses.sum()
+            correct += (logits.argmax(-1) == y).sum()
         if epoch in schedule.milestones:
             lr *= schedule.gamma
-            if schedule.restart_optimizer:
-                optimizer = _sgd(runner.parameters(), schedule, lr)
-            else:
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
+            trainer.set_lr(lr, schedule.restart_optimizer)
         if progress is not None:
             progress.update(1)
             progress.set_postfix(loss=f"{loss_sum.item() / (n * k):.4f}", acc=f"{correct.item() / (n * k):.4f}")
         if hook is not None and (epoch % hook.every == 0 or epoch == schedule.epochs):
-            runner.write_back()
+            trainer_write_back(trainer, runner)
             hook.call(epoch, model_ids, runner.models)
             runner.train()
-    runner.write_back()
+    trainer_write_back(trainer, runner)
+
+
+def trainer_write_back(trainer, runner) -> None:
+    """The trained weights into the nn.Modules."""
+    (trainer if isinstance(trainer, CompiledTrainer) else runner).write_back()
 
 
 def train_models(models: Sequence[nn.Module], source: ImageSource, schedule: Schedule,
                  generators: Sequence[torch.Generator], *, hook: EpochHook | None = None, stack: bool | None = None,
-                 desc: str | None = None) -> list[nn.Module]:
+                 compiled: bool = False, desc: str | None = None) -> list[nn.Module]:
     """Train `models` (already on the data's device) with SGD + cross-entropy, in place.
 
-    generators[k] drives model k's batch order and augmentation; `hook` sees the models during training.
+    generators[k] drives model k's batch order and augmentation; `hook` sees the models during training;
+    compiled=True uses the compiled step (utils/fast.py) for models without BatchNorm.
     """
     if len(generators) != len(models):
         raise ValueError("one generator per model is needed")
@@ -217,7 +253,7 @@ def train_models(models: Sequence[nn.Module], source: ImageSource, schedule: Sch
     total = schedule.epochs * len(groups)
     with tqdm(total=total, desc=desc, disable=progress_disabled() or desc is None, leave=False) as progress:
         for ids, runner in groups:
-            _train_runner(runner, source, schedule, [generators[i] for i in ids], hook, ids, progress)
+            _train_runner(runner, source, schedule, [generators[i] for i in ids], hook, ids, progress, compiled)
     return list(models)
 
 
@@ -271,11 +307,11 @@ class NetworkSpec:
 
 
 def train_and_test(network: NetworkSpec, seeds: Sequence[int], train_source: ImageSource, test_source: ImageSource,
-                   schedule: Schedule, *, device, test_every: int | None = None, keep_best_states: bool = False,
-                   dist: DistInfo | None = None) -> EvalResult:
+                   schedule: Schedule, *, runtime: Runtime, test_every: int | None = None,
+                   keep_best_states: bool = False) -> EvalResult:
     """Train one fresh `network` per seed on `train_source` and test them (every `test_every` epochs and at
     the end). Under torchrun the networks are split across ranks and the results gathered everywhere."""
-    dist = dist or DistInfo()
+    dist, device = runtime.dist, runtime.device
     mine = split_range(len(seeds), dist)
     models = [network.build(seeds[i], device) for i in mine]
     generators = [make_generator(seeds[i], device) for i in mine]
@@ -294,7 +330,8 @@ def train_and_test(network: NetworkSpec, seeds: Sequence[int], train_source: Ima
 
     if models:
         hook = EpochHook(test, test_every or schedule.epochs or 1)
-        train_models(models, train_source, schedule, generators, hook=hook, desc=f"train {network.name}")
+        train_models(models, train_source, schedule, generators, hook=hook, compiled=runtime.fast,
+                     desc=f"train {network.name}")
         if schedule.epochs == 0:
             test(0, list(range(len(models))), models)
     parts = gather_objects(dist, (final, best, best_epoch, best_states if keep_best_states else None))

@@ -65,6 +65,8 @@ class DistillConfig:
     stop_after: int | None = None  # stop (with a checkpoint) after this iteration; resume continues
     seed: int | None = None  # None: from the clock (or the checkpoint's, when resuming)
     clom: ClomOptions | None = None
+    precision: str | None = None  # fp32 | tf32 | bf16; None: the device's default (utils/runtime.py)
+    eager: bool = False  # fast paths off (they give the same set up to float rounding)
 
     @property
     def augmentation(self) -> str | None:

@@ -28,13 +28,14 @@ from tqdm import tqdm
 from methods.clom import ClomTerm
 from methods.DC_DSA_DM.config import DistillConfig, eval_augmentation, eval_model_pool, evaluation_iterations
 from methods.DC_DSA_DM.distribution_matching import DMSettings, distribution_matching_iteration
-from methods.DC_DSA_DM.gradient_matching import MatchingSettings, gradient_matching_iteration
+from methods.DC_DSA_DM.gradient_matching import MatchingSettings, execution_for, gradient_matching_iteration
 from methods.DC_DSA_DM.run_state import RunState, RunStore
 from methods.DC_DSA_DM.synset import class_labels, initial_images, visualization_png
 from utils.data import LoadedDataset
 from utils.distributed import DistInfo, all_reduce_sum_, barrier, split_range
 from utils.engine import NetworkSpec, TensorSource, build_seeded_network, paper_eval_schedule, train_and_test
 from utils.misc import UserError, derive_seed, get_logger, make_generator, progress_disabled
+from utils.runtime import Runtime
 
 
 class NonFiniteLossError(UserError):
@@ -46,9 +47,16 @@ class Resources:
     """What every experiment of a run uses, resolved once by the script."""
 
     data: LoadedDataset
-    device: torch.device
-    dist: DistInfo = DistInfo()
+    runtime: Runtime  # device, torchrun group, fast paths, precision
     clom: ClomTerm | None = None  # added to the method's loss at every image step
+
+    @property
+    def device(self) -> torch.device:
+        return self.runtime.device
+
+    @property
+    def dist(self) -> DistInfo:
+        return self.runtime.dist
 
 
 def run(cfg: DistillConfig, res: Resources, store: RunStore, state: RunState) -> Path | None:
@@ -148,7 +156,7 @@ def method_iteration(cfg: DistillConfig, res: Resources, image_syn: Tensor, step
         return distribution_matching_iteration(make_network, sample_real, image_syn, generator, step_images,
                                                settings)
     settings = MatchingSettings(cfg.ipc, cfg.batch_real, cfg.batch_train, cfg.lr_net, cfg.dis_metric,
-                                cfg.augmentation, classes)
+                                cfg.augmentation, classes, execution=execution_for(res.runtime))
     return gradient_matching_iteration(make_network, sample_real, image_syn, generator, step_images, settings)
 
 
@@ -187,7 +195,7 @@ def evaluate(cfg: DistillConfig, res: Resources, images: Tensor, labels: Tensor,
             network = NetworkSpec(model_eval, spec.channel, spec.num_classes, spec.im_size)
             schedule = paper_eval_schedule(epochs, cfg.lr_net, cfg.batch_train, augment)
             accs = train_and_test(network, seeds, TensorSource(images, labels, spec.num_classes), res.data.test,
-                                  schedule, device=res.device, dist=res.dist).final
+                                  schedule, runtime=res.runtime).final
             get_logger().info("%s: %d random %s (%d epochs): test acc mean %.4f std %.4f", label, len(accs),
                               model_eval, epochs, np.mean(accs), np.std(accs))
         results[model_eval] = [float(a) for a in accs]

@@ -27,7 +27,7 @@ from methods.DC_DSA_DM.synset import INITS
 from networks import list_networks
 from networks.foundation import is_foundation_name
 from utils.augment import DSA_OPS
-from utils.cli import HelpFormatter, add_data_flags, fix_seed, start_process
+from utils.cli import HelpFormatter, add_data_flags, add_runtime_flags, fix_seed, start_process
 from utils.data import load_dataset
 from utils.misc import SettingError, UserError, derive_seed, setup_logging
 from utils.pools import InputSpace
@@ -83,6 +83,7 @@ def get_args_parser(description: str, defaults: dict) -> argparse.ArgumentParser
     parser.add_argument("--dis_metric", default="ours", metavar="|".join(METRICS), help=defaults["dis_metric_help"])
     parser.add_argument("--gpu", default="0", help="CUDA card number, or 'cpu' (the CPU is used when there is no "
                         "CUDA)")
+    add_runtime_flags(parser)
     _add_clom_flags(parser)
     _add_run_flags(parser)
     return parser
@@ -161,7 +162,8 @@ def config_from_args(args: argparse.Namespace) -> DistillConfig:
         lr_net=args.lr_net, batch_real=args.batch_real, batch_train=args.batch_train, init=args.init,
         dsa_strategy=args.dsa_strategy, dis_metric=args.dis_metric, data_path=args.data_path,
         save_path=args.save_path, download=not args.no_download, checkpoint_every=args.checkpoint_every,
-        resume=args.resume, stop_after=args.stop_after, seed=args.random_seed, clom=clom)
+        resume=args.resume, stop_after=args.stop_after, seed=args.random_seed, clom=clom,
+        precision=args.precision, eager=args.eager)
 
 
 def main(argv, description: str, defaults: dict, methods: tuple[str, ...], other_script: str) -> Path | None:
@@ -179,7 +181,8 @@ def main(argv, description: str, defaults: dict, methods: tuple[str, ...], other
 def _distill(args: argparse.Namespace) -> Path | None:
     cfg = config_from_args(args)
     check_config(cfg)
-    dist, device = start_process(args.gpu)
+    runtime = start_process(args.gpu, cfg.eager, cfg.precision)
+    dist, device = runtime.dist, runtime.device
     logger = setup_logging(None, quiet=not dist.is_main)
     files = RunFiles.for_config(cfg)
     started = start_or_resume(cfg, files)
@@ -197,7 +200,9 @@ def _distill(args: argparse.Namespace) -> Path | None:
         cfg.clom, data.train, InputSpace.of(data.train), device, derive_seed(seed, "extra loss"))
     if clom is not None:
         logger.info("CLoM: %s", clom.describe())
-    return distill.run(cfg, distill.Resources(data, device, dist, clom), store, state)
+    logger.info("precision %s | fast paths %s", runtime.precision, "on" if runtime.fast else "off")
+    with runtime.autocast():
+        return distill.run(cfg, distill.Resources(data, runtime, clom), store, state)
 
 
 def _log_start(logger: logging.Logger, cfg: DistillConfig, data, state, seed: int, device, files: RunFiles) -> None:

@@ -19,8 +19,9 @@ for many classes: same result, peak memory divided by about C / chunk_size.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -31,6 +32,7 @@ from methods.DC_DSA_DM.synset import RealSampler, class_labels, per_class
 from networks import batchnorm_layers, has_batchnorm
 from utils.augment import DISTILLATION_DSA, dsa_augmenter, siamese_augment
 from utils.engine import Schedule, TensorSource, train_models
+from utils.fast import cached_compile, model_key, run_or_fall_back
 from utils.misc import UserError
 
 # The paper's (outer_loop, inner_loop) per ipc.
@@ -75,14 +77,26 @@ def _check_batchnorm_frozen(model: nn.Module) -> None:
                          "(running statistics frozen), as in the paper's DC loop")
 
 
+@dataclass(frozen=True)
+class MatchingExecution:
+    """How to compute, not what: the same loss either way (tests/test_matching.py)."""
+
+    batched: bool = True  # all classes in one vmap(grad) call (GPUs), or one class after another (CPUs)
+    compiled: bool = False  # the real side and the inner loop's SGD step through torch.compile (utils/fast.py)
+
+
 def per_class_gradients(model: nn.Module, images: Tensor, labels: Tensor, create_graph: bool,
-                        chunk_size: int | None = None) -> list[Tensor]:
-    """d mean-CE(model(images[c]), labels[c]) / d theta for every class c, in one vmap(grad) call.
+                        chunk_size: int | None = None, batched: bool = True, compiled: bool = False) -> list[Tensor]:
+    """d mean-CE(model(images[c]), labels[c]) / d theta for every class c: in one vmap(grad) call, or
+    (batched=False) one grad call per class — the same per-class function either way.
 
     images (C, n, ch, H, W), labels (C, n). Returns one (C, *p.shape) tensor per parameter, in
     model.named_parameters() order. create_graph=True keeps the result differentiable w.r.t. `images`
     (ordinary autograd sees straight through torch.func's grad and vmap); False returns plain tensors.
-    Parameters enter detached: the matching loss must not send gradients into the network.
+    Parameters enter detached: the matching loss must not send gradients into the network (unlike the
+    paper's loop, whose backward also computes the network's unused gradients). compiled=True (real side
+    only: no graph is kept) runs the batched call through torch.compile, which fuses the norm, activation
+    and pooling passes.
     """
     _check_batchnorm_frozen(model)
     params = {name: p.detach() for name, p in model.named_parameters()}
@@ -92,7 +106,35 @@ def per_class_gradients(model: nn.Module, images: Tensor, labels: Tensor, create
 
     if not create_graph:
         images = images.detach()
+        if batched and compiled:
+            return _compiled_real_gradients(model, images, labels, chunk_size)
+    if not batched:
+        per_class = [grad(class_loss)(params, images[c], labels[c]) for c in range(images.shape[0])]
+        return [torch.stack([g[name] for g in per_class]) for name in params]
     grads = vmap(grad(class_loss), in_dims=(None, 0, 0), chunk_size=chunk_size)(params, images, labels)
+    return [grads[name] for name in params]
+
+
+def _compiled_real_gradients(model: nn.Module, images: Tensor, labels: Tensor, chunk_size: int | None) -> list[Tensor]:
+    """The batched real side through one compiled function of (parameters, buffers, images, labels)."""
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    buffers = dict(model.named_buffers())
+
+    def build():
+        base = copy.deepcopy(model).to("meta")
+
+        def class_loss(p, b, x, y):
+            return F.cross_entropy(functional_call(base, (p, b), (x,)), y)
+
+        return vmap(grad(class_loss), in_dims=(None, None, 0, 0), chunk_size=chunk_size)
+
+    def eager(p, b, x, y):
+        return vmap(grad(lambda p, x, y: F.cross_entropy(functional_call(model, (p, b), (x,)), y)),
+                    in_dims=(None, 0, 0), chunk_size=chunk_size)(p, x, y)
+
+    key = ("real_side", *model_key(model), str(images.device), chunk_size)
+    compiled = cached_compile(key, build, images.device, mode="default")  # no CUDA graph: large tensors
+    grads = run_or_fall_back(compiled, eager, params, buffers, images, labels)
     return [grads[name] for name in params]
 
 
@@ -130,12 +172,13 @@ def match_distance(gw_syn: list[Tensor], gw_real: list[Tensor], metric: str) -> 
 
 
 def gradient_matching_loss(model: nn.Module, real: Tensor, syn: Tensor, labels_real: Tensor | None = None,
-                           labels_syn: Tensor | None = None, metric: str = "ours",
-                           chunk_size: int | None = None) -> Tensor:
+                           labels_syn: Tensor | None = None, metric: str = "ours", chunk_size: int | None = None,
+                           execution: MatchingExecution = MatchingExecution()) -> Tensor:
     """sum_c d(grad CE(syn_c), grad CE(real_c)); real (C, n, ...), syn (C, ipc, ...).
 
     Labels (C, n) / (C, ipc) default to the class index of the block. Differentiable w.r.t. `syn` only.
     chunk_size: classes per vmap chunk (None = all at once); bounds memory, same result.
+    execution: how (class-batched or one class at a time, compiled or not); the same loss either way.
     """
     if metric not in METRICS:  # fail before the expensive part
         raise UserError(f"unknown distance metric {metric!r}; known: {'|'.join(METRICS)}")
@@ -144,12 +187,19 @@ def gradient_matching_loss(model: nn.Module, real: Tensor, syn: Tensor, labels_r
         labels_real = class_labels(C, real.shape[1], real.device)
     if labels_syn is None:
         labels_syn = class_labels(C, syn.shape[1], syn.device)
-    gw_real = per_class_gradients(model, real, labels_real, create_graph=False, chunk_size=chunk_size)
-    gw_syn = per_class_gradients(model, syn, labels_syn, create_graph=True, chunk_size=chunk_size)
+    gw_real = per_class_gradients(model, real, labels_real, False, chunk_size, execution.batched, execution.compiled)
+    gw_syn = per_class_gradients(model, syn, labels_syn, True, chunk_size, execution.batched)
     return match_distance(gw_syn, gw_real, metric).sum()
 
 
 # ---------------------------------------------------------------- one DC / DSA iteration
+def execution_for(runtime) -> MatchingExecution:
+    """Per device, by measurement (README, *Benchmarks*): on CUDA the class-batched loss and the compiled inner
+    step; on a CPU the per-class loop (vmap's extra passes over C-times-larger tensors cost more there)."""
+    on_gpu = runtime.device.type == "cuda"
+    return MatchingExecution(batched=on_gpu, compiled=runtime.fast)
+
+
 @dataclass(frozen=True)
 class MatchingSettings:
     ipc: int
@@ -159,6 +209,7 @@ class MatchingSettings:
     metric: str  # ours | mse | cos
     augmentation: str | None  # DSA strategy (Siamese on real and synthetic images), None for DC
     classes: slice  # the classes whose matching loss this process computes (all of them in one process)
+    execution: MatchingExecution = field(default_factory=lambda: MatchingExecution())
 
 
 def gradient_matching_iteration(make_network: Callable[[], nn.Module], sample_real: RealSampler,
@@ -194,11 +245,13 @@ def gradient_matching_iteration(make_network: Callable[[], nn.Module], sample_re
             classes = torch.arange(mine.start, mine.stop, device=image_syn.device)[:, None]
             loss = gradient_matching_loss(net, real[mine], syn[mine], classes.expand(-1, real.shape[1]),
                                           classes.expand(-1, syn.shape[1]), metric=settings.metric,
-                                          chunk_size=max(1, MATCH_CHUNK_REAL_IMAGES // real.shape[1]))
+                                          chunk_size=max(1, MATCH_CHUNK_REAL_IMAGES // real.shape[1]),
+                                          execution=settings.execution)
         total += step_images(loss)
         if step == outer_loop - 1:
             break
-        train_models([net], TensorSource(image_syn.detach(), labels, num_classes), inner_schedule, [generator])
+        train_models([net], TensorSource(image_syn.detach(), labels, num_classes), inner_schedule, [generator],
+                     compiled=settings.execution.compiled)
     return total / (num_classes * outer_loop)
 
 

@@ -25,7 +25,7 @@ from utils.misc import UserError, resolve_seed
 
 # Settings that do not change the synthetic set: a run may be resumed with other values of these.
 OPERATIONAL_SETTINGS = ("data_path", "save_path", "download", "checkpoint_every", "resume", "stop_after",
-                        "seed")
+                        "seed", "eager")
 
 
 def save_folder(cfg: DistillConfig, dataset: str) -> Path:

@@ -1,0 +1,105 @@
+"""Fast paths against the eager path: the compiled SGD step (utils/fast.py), the per-device choices.
+
+The compiled step is traced with the "aot_eager" backend here (dynamo + AOTAutograd, the same graph inductor
+compiles, without generating kernels: seconds instead of minutes on 2 CPU cores), and once with inductor itself
+on a tiny network. Tolerances: the functional step computes SGD exactly as torch.optim does, but the traced
+backward may sum in another order: weights agree to atol 1e-6 after a few float32 steps.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from methods.DC_DSA_DM.gradient_matching import MatchingExecution, execution_for, gradient_matching_loss
+from utils import fast
+from utils.engine import EpochHook, Schedule, TensorSource, build_seeded_network, train_models
+from utils.misc import make_generator
+from utils.runtime import Runtime, make_runtime
+
+
+def toy_source(n=24, classes=4):
+    g = make_generator(0)
+    images = torch.randn(n, 1, 8, 8, generator=g)
+    labels = torch.arange(n) % classes
+    return TensorSource(images + labels.view(-1, 1, 1, 1).float(), labels, classes)
+
+
+def train(compiled: bool, name="ConvNetW32", seeds=(1, 2, 3), stack=None, augment=None):
+    models = [build_seeded_network(name, 1, 4, (8, 8), s) for s in seeds]
+    schedule = Schedule(epochs=4, batch_size=12, lr=0.05, momentum=0.9, weight_decay=5e-3, milestones=(2,),
+                        restart_optimizer=True, augment=augment)
+    seen = []
+    hook = EpochHook(lambda epoch, ids, trained: seen.append([m.classifier.weight.sum().item() for m in trained]), 2)
+    train_models(models, toy_source(), schedule, [make_generator(s) for s in seeds], hook=hook, stack=stack,
+                 compiled=compiled)
+    return models, seen
+
+
+@pytest.fixture
+def traced_only(monkeypatch):
+    monkeypatch.setattr(fast, "compile_options", lambda device: {"backend": "aot_eager"})
+    monkeypatch.setattr(fast, "_COMPILED", {})
+    monkeypatch.setattr(fast, "_BROKEN", [])
+
+
+@pytest.mark.parametrize("stack", [False, True])
+def test_compiled_step_trains_like_the_eager_step(traced_only, stack):
+    flip = lambda x, g: torch.where(torch.rand(len(x), 1, 1, 1, generator=g) < 0.5, x.flip(-1), x)
+    eager, eager_seen = train(False, stack=stack, augment=flip)
+    compiled, compiled_seen = train(True, stack=stack, augment=flip)
+    assert not fast._BROKEN
+    for a, b in zip(eager, compiled):
+        for (name, pa), pb in zip(a.named_parameters(), b.parameters()):
+            torch.testing.assert_close(pa, pb, atol=1e-6, rtol=1e-5, msg=name)
+    torch.testing.assert_close(torch.tensor(eager_seen), torch.tensor(compiled_seen), atol=1e-5, rtol=1e-5)
+    assert len(fast._COMPILED) == 1  # three models (or one stack of three): one compiled function
+
+
+def test_batchnorm_models_and_failures_fall_back_to_the_eager_step(traced_only, monkeypatch):
+    eager, _ = train(False, name="ConvNetBN", seeds=(1,))
+    compiled, _ = train(True, name="ConvNetBN", seeds=(1,))
+    assert not fast._COMPILED  # BatchNorm: never compiled
+    assert all(torch.equal(a, b) for a, b in zip(eager[0].state_dict().values(), compiled[0].state_dict().values()))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("no compiler here")
+
+    monkeypatch.setattr(fast, "_compiled_step", lambda *args: broken)
+    reference, _ = train(False, seeds=(4,))
+    fallback, _ = train(True, seeds=(4,))
+    assert fast._BROKEN and not fast.fast_path_available()
+    assert all(torch.equal(a, b) for a, b in zip(reference[0].parameters(), fallback[0].parameters()))
+
+
+def test_inductor_compiles_the_step_on_this_cpu(monkeypatch):
+    """The real compiler once, on the smallest network (an MLP): same weights as eager to atol 1e-5."""
+    monkeypatch.setattr(fast, "_COMPILED", {})
+    monkeypatch.setattr(fast, "_BROKEN", [])
+    eager, _ = train(False, name="MLP", seeds=(5,))
+    compiled, _ = train(True, name="MLP", seeds=(5,))
+    assert not fast._BROKEN, fast._BROKEN
+    for pa, pb in zip(eager[0].parameters(), compiled[0].parameters()):
+        torch.testing.assert_close(pa, pb, atol=1e-5, rtol=1e-4)
+
+
+def test_compiled_real_side_equals_the_eager_one(traced_only):
+    torch.manual_seed(0)
+    model = build_seeded_network("ConvNetW32", 1, 3, (8, 8), 0)
+    real, syn = torch.randn(3, 6, 1, 8, 8), torch.randn(3, 2, 1, 8, 8, requires_grad=True)
+    eager = gradient_matching_loss(model, real, syn, execution=MatchingExecution(batched=True))
+    compiled = gradient_matching_loss(model, real, syn, execution=MatchingExecution(batched=True, compiled=True))
+    assert not fast._BROKEN and any(key[0] == "real_side" for key in fast._COMPILED)
+    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+
+
+def test_fast_paths_and_precision_are_chosen_per_device():
+    cpu = make_runtime(torch.device("cpu"))
+    assert cpu.precision == "fp32" and not cpu.fast
+    assert not execution_for(cpu).batched and not execution_for(cpu).compiled
+    cuda = Runtime(torch.device("cuda"), fast=True, precision="tf32")  # no GPU needed to decide
+    assert execution_for(cuda).batched and execution_for(cuda).compiled
+    assert not make_runtime(torch.device("cpu"), eager=True).fast
+    with pytest.raises(ValueError):
+        make_runtime(torch.device("cpu"), precision="fp8")
+    assert Runtime(torch.device("cpu"), precision="bf16").autocast() is not None

@@ -1,0 +1,52 @@
+"""Where and how the work runs: device, torchrun process group, fast paths and numeric precision.
+
+Resolved once by a script and passed down. Precision:
+  fp32  full float32 everywhere (TF32 off for convolutions and matmuls)
+  tf32  float32 storage, TF32 tensor-core convolutions and matmuls on CUDA (cuDNN's own default)
+  bf16  as tf32, plus bfloat16 autocast of the forward passes
+On a CPU tf32 means fp32 (there are no TF32 units); bf16 autocast works but is slow there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import torch
+
+from utils.distributed import DistInfo
+
+PRECISIONS = ("fp32", "tf32", "bf16")
+
+
+@dataclass(frozen=True)
+class Runtime:
+    device: torch.device
+    dist: DistInfo = field(default_factory=DistInfo)
+    fast: bool = False  # compiled training steps (CUDA graphs on CUDA)
+    precision: str = "fp32"
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bfloat16 autocast for precision bf16, else nothing."""
+        if self.precision == "bf16":
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+
+def default_precision(device: torch.device) -> str:
+    """tf32 on CUDA (cuDNN's own default, which every GPU figure in the README used), fp32 elsewhere. bf16 is
+    faster but stays an option until its accuracy on Digits is measured equal to fp32's."""
+    return "tf32" if device.type == "cuda" else "fp32"
+
+
+def make_runtime(device: torch.device, dist: DistInfo | None = None, eager: bool = False,
+                 precision: str | None = None) -> Runtime:
+    """Fast paths on by default on CUDA (where they pay) and off on a CPU (where compiling costs more than
+    it saves); eager=True turns them off. Applies the precision's TF32 switches process-wide."""
+    precision = precision or default_precision(device)
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    tf32 = precision != "fp32"
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    torch.backends.cudnn.allow_tf32 = tf32
+    return Runtime(device, dist or DistInfo(), fast=device.type == "cuda" and not eager, precision=precision)
