@@ -205,8 +205,8 @@ def _missing_pool_model(dataset: str, arch: str, index: int, model_num: int, epo
                 f"--normalize_data{save_root}")
 
     if not run_dir.exists():
-        return f"pool model {path} not found; make it (and the other missing ones, {len(missing)} in all) with: " \
-               f"{command(len(missing))}"
+        others = f" and the {len(missing) - 1} other missing one(s)" if len(missing) > 1 else ""
+        return f"pool model {path} not found; make it{others} with: {command(len(missing))}"
     holder = lock_holder(run_dir)
     if holder is not None:
         return (f"pool model {path} not found: {run_dir} is still being trained ({describe_lock(holder, run_dir)}); "
