@@ -428,6 +428,65 @@ def reserve_run_dir(parent: str | os.PathLike, prefix: str = "index_", start: in
             k += 1
 
 
+def claim_run_dir(parent: str | os.PathLike, prefix: str = "index_", what: str | None = None) -> tuple[int, Path,
+                                                                                                 FolderLock]:
+    """Create the first free `<prefix><k>` folder and lock it for this process (release the lock when done).
+    A folder holding nothing but a dead process's lock — a reservation a crash left behind — is taken over."""
+    parent = ensure_dir(parent, what)
+    k = 0
+    while True:
+        candidate = parent / f"{prefix}{k}"
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            if _only_a_stale_lock(candidate):
+                lock = FolderLock(candidate)
+                with contextlib.suppress(UserError):
+                    lock.acquire()
+                    if [entry.name for entry in candidate.iterdir()] == [LOCK_NAME]:
+                        return k, candidate, lock
+                    lock.release()
+            k += 1
+            continue
+        except OSError as err:
+            raise UserError(f"{what + ' ' if what else ''}{parent}: cannot create {candidate.name} "
+                            f"({_reason(err)})") from None
+        return k, candidate, FolderLock(candidate).acquire()
+
+
+class RunDirClaims:
+    """`count` index folders claimed (claim_run_dir) under `parent` for one run, released together; on
+    release, folders the run left empty are removed, with the parents it had to create."""
+
+    def __init__(self, parent: str | os.PathLike, count: int, what: str | None = None):
+        self.made = created_dirs(parent)
+        self.claims: list[tuple[int, Path, FolderLock]] = []
+        try:
+            for _ in range(count):
+                self.claims.append(claim_run_dir(parent, what=what))
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        for _, run_dir, lock in self.claims:
+            lock.release()
+            remove_empty_dirs([run_dir])
+        self.claims = []
+        remove_empty_dirs(self.made)
+
+
+def _only_a_stale_lock(folder: Path) -> bool:
+    try:
+        entries = [entry.name for entry in folder.iterdir()]
+    except OSError:
+        return False
+    if entries != [LOCK_NAME]:
+        return False
+    info = _read_lock(folder / LOCK_NAME)
+    return bool(info) and lock_is_stale(info)
+
+
 def load_state_dict_file(path: str | os.PathLike, what: str = "checkpoint") -> dict:
     state = unwrap_state_dict(safe_torch_load(path, what))
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
