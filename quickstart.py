@@ -22,21 +22,24 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.cli import FINITE, device_name, int_at_least, parse_flags, run_cli, seed_int
+from utils.io import new_output_dir
+
 ROOT = Path(__file__).resolve().parent
 
 
 def get_args_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=None, help="output folder (default quickstart_runs/<time>)")
-    parser.add_argument("--ipc", type=int, default=10)
-    parser.add_argument("--pool_size", type=int, default=2, help="ConvNets in the CLoM pool")
-    parser.add_argument("--pool_epochs", type=int, default=10)
-    parser.add_argument("--iterations", type=int, default=200, help="DM iterations")
-    parser.add_argument("--alpha", type=float, default=10.0, help="CLoM weight")
-    parser.add_argument("--num_eval", type=int, default=3, help="evaluation networks per set")
-    parser.add_argument("--eval_epochs", type=int, default=150)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--gpu", default="0", help="CUDA card, or 'cpu'")
+    parser.add_argument("--ipc", type=int_at_least(1), default=10)
+    parser.add_argument("--pool_size", type=int_at_least(1), default=2, help="ConvNets in the CLoM pool")
+    parser.add_argument("--pool_epochs", type=int_at_least(1), default=10)
+    parser.add_argument("--iterations", type=int_at_least(0), default=200, help="DM iterations")
+    parser.add_argument("--alpha", type=FINITE, default=10.0, help="CLoM weight")
+    parser.add_argument("--num_eval", type=int_at_least(1), default=3, help="evaluation networks per set")
+    parser.add_argument("--eval_epochs", type=int_at_least(1), default=150)
+    parser.add_argument("--seed", type=seed_int, default=0)
+    parser.add_argument("--gpu", default="0", type=device_name, help="CUDA card, or 'cpu'")
     return parser
 
 
@@ -51,9 +54,9 @@ def step(title: str, script: str, argv: list[str], cwd: Path) -> None:
 
 
 def main(argv=None) -> None:
-    args = get_args_parser().parse_args(argv)
-    out = Path(args.out or Path("quickstart_runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
-    out.mkdir(parents=True, exist_ok=False)
+    args = parse_flags(get_args_parser(), argv)
+    out = new_output_dir(Path(args.out or Path("quickstart_runs") / time.strftime("%Y%m%d-%H%M%S")).resolve(),
+                         "--out")
     common = ["--dataset", "Digits", "--random_seed", str(args.seed), "--gpu", args.gpu]
     start = time.time()
 
@@ -91,4 +94,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_cli(main))

@@ -49,6 +49,22 @@ MOMENTUM = finite_float(0, 1, high_open=True)
 FINITE = finite_float()  # loss weights
 
 
+def int_at_least(low: int):
+    """An argparse type: a whole number >= low."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f"must be >= {low}, got {text}")
+        return value
+
+    parse.__name__ = "whole number"
+    return parse
+
+
 def seed_int(text: str) -> int:
     """--random_seed: a whole number that every generator accepts (|seed| < 2**63)."""
     try:
