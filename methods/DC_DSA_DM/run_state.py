@@ -317,9 +317,9 @@ def start_or_resume(cfg: DistillConfig, files: RunFiles) -> tuple[RunState, int]
         if differ:
             note = ""
             if any(key == "iterations" for key, _, _ in differ):
-                note = (f" (--Iteration may change only before the first experiment ends and not below the "
-                        f"iteration reached, {reached})" if finished == 0 else
-                        " (--Iteration cannot change once an experiment has finished with the saved value)")
+                note = (f"; iterations may change only before the first experiment ends, and not below the "
+                        f"iteration reached ({reached})" if finished == 0 else
+                        "; iterations cannot change once an experiment has finished with the saved value")
             raise SettingsDiffer(files.checkpoint, differ, note)
         state = RunState(saved["exp"], saved["next_iteration"], saved["images"], saved["optimizer_state"],
                          saved["accs_all_exps"], saved["data"])
@@ -343,8 +343,8 @@ def start_or_resume(cfg: DistillConfig, files: RunFiles) -> tuple[RunState, int]
         if done > cfg.num_exp:
             differ.append(("num_exp", done, cfg.num_exp))
         if differ:
-            note = (" (a finished experiment cannot be continued to more iterations: its optimizer state is not "
-                    "kept, so the set would differ from a run made that long)"
+            note = ("; a finished experiment cannot be continued to more iterations: its optimizer state is not "
+                    "kept, so the set would differ from one made that long in one go"
                     if any(key == "iterations" for key, _, _ in differ) else "")
             raise SettingsDiffer(files.result, differ, note)
         if done == cfg.num_exp:
