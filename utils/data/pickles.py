@@ -50,14 +50,15 @@ def _plain_dtype(*args, **kwargs) -> np.dtype:
     return dtype
 
 
-def _check_stream(stream) -> None:
+def _check_stream(stream, path: Path) -> None:
     """Walk the pickle's opcodes without building anything: each length-prefixed argument is read from the
     mapped file, so a length larger than what remains raises here instead of allocating it in the
     unpickler. (protocol 4's FRAME only announces a size: checked against the file's.)"""
     size = len(stream)
     for opcode, arg, position in pickletools.genops(stream):
         if opcode.name == "FRAME" and arg > size - position:
-            raise FormatError(f"a pickle frame of {arg} bytes at byte {position} runs past the end of the file")
+            raise FormatError(f"{path}: a pickle frame of {arg} bytes at byte {position} runs past the end of the "
+                              "file")
         if opcode.name == "STOP":
             return
 
@@ -67,7 +68,7 @@ def _load_pickle(path: Path) -> dict:
         if path.stat().st_size == 0:
             raise FormatError(f"{path} is empty")
         with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as stream:
-            _check_stream(stream)
+            _check_stream(stream, path)
             stream.seek(0)
             # encoding="bytes": the CIFAR batches were written by python 2.
             loaded = _ArrayUnpickler(stream, encoding="bytes").load()
