@@ -208,6 +208,27 @@ def test_bad_input_is_one_line_exit_2_and_touches_nothing(case, library, tmp_pat
     assert snapshot(work) == before  # every file byte-identical, and nothing created
 
 
+@pytest.mark.parametrize("data_path", ["emptydir", "data/MNIST"])
+def test_failed_download_leaves_no_folders(library, tmp_path, monkeypatch, capsys, data_path):
+    """torchvision makes <root>/MNIST/raw before it fails (offline): none of it, nor data/, stays behind."""
+    import torchvision
+
+    class OfflineMNIST:
+        def __init__(self, root, download, **kwargs):
+            (Path(root) / "MNIST/raw").mkdir(parents=True)
+            raise RuntimeError("Error downloading train-images-idx3-ubyte.gz: Name or service not known")
+
+    work = tmp_path / "w"
+    shutil.copytree(library, work)
+    monkeypatch.chdir(work)
+    monkeypatch.setattr(torchvision.datasets, "MNIST", OfflineMNIST)
+    before = snapshot(work)
+    assert run_cli(dc_cli.main, [*DISTILL, "--dataset", "MNIST", "--data_path", data_path]) == 2
+    line = capsys.readouterr().err.strip()
+    assert "downloading it failed" in line and "\n" not in line
+    assert snapshot(work) == before
+
+
 def test_there_are_at_least_forty_cases_over_every_script():
     scripts = [script for script, _, _ in CASES.values()]
     assert len(CASES) >= 40 and set(scripts) == set(MAIN)

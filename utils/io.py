@@ -192,17 +192,6 @@ def remove_temp_files(folder: str | os.PathLike) -> None:
                 tmp.unlink()
 
 
-def first_free_path(path: str | os.PathLike) -> Path:
-    """`path` if nothing is there, else the first free `<stem>_<k><suffix>` beside it (k = 1, 2, ...)."""
-    path = Path(path)
-    k = 0
-    candidate = path
-    while candidate.exists():
-        k += 1
-        candidate = path.with_name(f"{path.stem}_{k}{path.suffix}")
-    return candidate
-
-
 # ---------------------------------------------------------------- locks: one owner per output folder
 LOCK_NAME = ".lock"
 
@@ -414,22 +403,8 @@ def pool_checkpoint_path(dataset: str, model: str, index: int, epoch: int, root:
     return pool_run_dir(dataset, model, index, root) / f"{dataset}_{model}_original_epoch{epoch}.pth"
 
 
-def reserve_run_dir(parent: str | os.PathLike, prefix: str = "index_", start: int = 0) -> tuple[int, Path]:
-    """Create and return the first free `<prefix><k>` folder. mkdir is atomic, so two processes
-    (or two torchrun ranks) reserving at once never get the same folder."""
-    parent = ensure_dir(parent)
-    k = start
-    while True:
-        candidate = parent / f"{prefix}{k}"
-        try:
-            candidate.mkdir()
-            return k, candidate
-        except FileExistsError:
-            k += 1
-
-
-def claim_run_dir(parent: str | os.PathLike, prefix: str = "index_", what: str | None = None) -> tuple[int, Path,
-                                                                                                 FolderLock]:
+def claim_run_dir(parent: str | os.PathLike, prefix: str = "index_",
+                  what: str | None = None) -> tuple[int, Path, FolderLock]:
     """Create the first free `<prefix><k>` folder and lock it for this process (release the lock when done).
     A folder holding nothing but a dead process's lock — a reservation a crash left behind — is taken over."""
     parent = ensure_dir(parent, what)
@@ -459,7 +434,7 @@ class RunDirClaims:
     release, folders the run left empty are removed, with the parents it had to create."""
 
     def __init__(self, parent: str | os.PathLike, count: int, what: str | None = None):
-        self.made = created_dirs(parent)
+        self.made = created_dirs(parent) if count else []
         self.claims: list[tuple[int, Path, FolderLock]] = []
         try:
             for _ in range(count):
