@@ -7,6 +7,7 @@ import errno
 import io
 import json
 import os
+import re
 import secrets
 import socket
 import sys
@@ -88,6 +89,9 @@ def _reason(err: BaseException) -> str:
 class WriteError(UserError):
     """A file could not be written (disk full, file-size limit, permissions). The previous version of the
     file, if any, is untouched: new contents go to a temp file that replaces it only once complete."""
+
+
+_TEMP_NAME = re.compile(r"\..+\.\d+\.[0-9a-f]{8}\.tmp")
 
 
 def _temp_file(folder: Path, name: str) -> tuple[int, Path]:
@@ -188,8 +192,9 @@ def remove_temp_files(folder: str | os.PathLike) -> None:
     folder = Path(folder)
     if folder.is_dir():
         for tmp in folder.glob(".*.tmp"):
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+            if _TEMP_NAME.fullmatch(tmp.name):  # only ours: .<name>.<pid>.<8 hex digits>.tmp
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
 
 
 # ---------------------------------------------------------------- locks: one owner per output folder
