@@ -58,7 +58,7 @@ def main(argv=None):
     args = parse_flags(get_args_parser(), argv)
     start = time.time()
     for value, name in ((args.epochs, "--epochs"), (args.save_every, "--save_every"),
-                        (args.batch_size, "--batch_size"), (args.num_eval, "--num_eval")):
+                        (args.batch_size, "--batch_size"), (args.num_eval, "--num_eval"), (args.ipc, "--ipc")):
         check_at_least(value, name, 0 if name == "--epochs" else 1)
     milestones = parse_int_list(args.lr_decay_step, "--lr_decay_step")
     augment = dsa_augmenter(args.dsa_strategy) if args.dsa else None

@@ -176,6 +176,7 @@ CASES = {
     "validate-result-json-under-a-file": ("validate", ["--result_json", "afile/r.json"], ["afile is a file"]),
     "validate-experiment-missing": ("validate", ["--experiment", "3"], ["experiment 3 does not exist"]),
     "validate-gpu-word": ("validate", ["--gpu", "gpu0"], ["--gpu"]),
+    "validate-ipc-zero": ("validate", ["--save_model", "--ipc", "0"], ["--ipc", ">= 1"]),
     "validate-no-set-given": ("validate", ["--synthesis_data_path"], ["--synthesis_data_path", "expected one"]),
     # ---- quickstart.py
     "quickstart-out-exists": ("quickstart", ["--out", "emptydir"], ["--out", "already exists"]),
