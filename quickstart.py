@@ -55,8 +55,8 @@ def step(title: str, script: str, argv: list[str], cwd: Path) -> None:
 
 def main(argv=None) -> None:
     args = parse_flags(get_args_parser(), argv)
-    out = new_output_dir(Path(args.out or Path("quickstart_runs") / time.strftime("%Y%m%d-%H%M%S")).resolve(),
-                         "--out")
+    out = new_output_dir(Path(args.out or Path("quickstart_runs") / time.strftime("%Y%m%d-%H%M%S")),
+                         "--out").resolve()
     common = ["--dataset", "Digits", "--random_seed", str(args.seed), "--gpu", args.gpu]
     start = time.time()
 

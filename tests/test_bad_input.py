@@ -137,7 +137,7 @@ CASES = {
     "dc-missing-dataset": ("DC", ["--dataset", "MNIST", "--data_path", "emptydir", "--no_download"],
                            ["MNIST not found in emptydir"]),
     "dc-random-bytes-cifar": ("DC", ["--dataset", "CIFAR10", "--data_path", "randcifar"],
-                              ["CIFAR10", "malformed or truncated", "data_batch_1"]),
+                              ["CIFAR10", "is damaged", "data_batch_1"]),
     "dc-unknown-dataset": ("DC", ["--dataset", "CIFAR11"], ["CIFAR11"]),
     # ---- methods/DC_DSA_DM/main_DM.py
     "dm-method-dc": ("DM", ["--method", "DC"], ["main.py"]),
@@ -159,7 +159,7 @@ CASES = {
     "train-epochs-word": ("train", ["--epochs", "ten"], ["--epochs", "invalid int"]),
     "train-num-zero": ("train", ["--num", "0"], ["--num", ">= 1"]),
     "train-random-bytes-cifar": ("train", ["--dataset", "CIFAR10", "--data_path", "randcifar"],
-                                 ["malformed or truncated"]),
+                                 ["is damaged (malformed or truncated)"]),
     "train-missing-dataset": ("train", ["--dataset", "FashionMNIST", "--data_path", "emptydir", "--no_download"],
                               ["FashionMNIST not found in emptydir"]),
     # ---- validate.py

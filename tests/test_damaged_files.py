@@ -1,5 +1,5 @@
-"""Damaged data files, read by every format reader: each is one UserError naming the file ("malformed or
-truncated"), never a MemoryError, a traceback or a crash. Headers that claim more data than a file holds
+"""Damaged data files, read by every format reader: each is one UserError naming the file ("is damaged (malformed or
+truncated)"), never a MemoryError, a traceback or a crash. Headers that claim more data than a file holds
 are refused by the reader's own bounds before anything that large is allocated (the messages say so), and
 random damage to real files (cuts, flipped bytes) is always either read or refused."""
 
@@ -28,7 +28,7 @@ def refused(name: str, path: Path) -> str:
     with pytest.raises(UserError) as caught:
         load_dataset(name, path, download=False)
     message = str(caught.value)
-    assert "\n" not in message and "malformed or truncated" in message
+    assert "\n" not in message and "is damaged (malformed or truncated)" in message
     return message
 
 

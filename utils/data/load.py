@@ -89,7 +89,7 @@ def _read_raw(spec: DatasetSpec, fmt: DiskFormat, path: Path, download: bool) ->
         raw = fmt.read(folder, spec)
     except FormatError as err:
         raise UserError(
-            f"{spec.name} in {path} is malformed or truncated: {err} "
+            f"{spec.name} in {path} is damaged (malformed or truncated): {err} "
             f"(expected {spec.expected_files}; replace the damaged files, or pass --data_path)"
         ) from err
     if len(raw.class_names) != spec.num_classes:
