@@ -19,11 +19,12 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 from torch import Tensor
 
+from methods.clom import ClomOptions
 from methods.DC_DSA_DM.config import DistillConfig
 from utils import distributed
 from utils.data import get_dataset_spec
@@ -251,8 +252,20 @@ def _comparable(config: Mapping) -> dict:
     return kept
 
 
+def _defaults() -> dict:
+    """Each setting's default, flat: what a run saved before that setting existed ran with."""
+    def of(cls, prefix=""):
+        return {prefix + f.name: f.default if f.default is not MISSING else f.default_factory()
+                for f in fields(cls) if f.default is not MISSING or f.default_factory is not MISSING}
+    return {**of(DistillConfig), **of(ClomOptions, "clom.")}
+
+
 def _differences(saved_config: Mapping, saved_seed, cfg: DistillConfig, ignore=()) -> list[tuple[str, object, object]]:
     saved, now = _comparable(saved_config), _comparable(to_plain(asdict(cfg)))
+    defaults = to_plain(_defaults())
+    for key in now:  # a setting newer than the saved run: it ran with the default
+        if key not in saved and key in defaults and (not key.startswith("clom.") or "clom.distance" in saved):
+            saved[key] = defaults[key]
     with_clom = [any(key.startswith("clom.") for key in config) for config in (saved, now)]
     if with_clom[0] != with_clom[1]:  # CLoM on in one, off in the other: that is the difference to name
         saved, now = ({key: value for key, value in config.items() if not key.startswith("clom.")}
