@@ -26,6 +26,9 @@ from pathlib import Path
 
 import numpy as np
 
+from utils.cli import FINITE, device_name, int_at_least, parse_flags, run_cli, seed_int
+from utils.io import new_output_dir
+
 ROOT = Path(__file__).resolve().parent
 # The short tour and --full: what each flag left unset takes.
 PROFILES = {
@@ -45,22 +48,23 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--full", action="store_true",
                         help="the longer tour: the --full values below (about 4x the time)")
     parser.add_argument("--out", default=None, help="output folder, must not exist (default: quickstart_runs/<time>)")
-    parser.add_argument("--ipc", type=int, default=10, help="synthetic images per class")
-    parser.add_argument("--pool_size", type=int, default=None, help=_profile_help("ConvNets in the CLoM pool",
-                                                                                  "pool_size"))
-    parser.add_argument("--pool_epochs", type=int, default=None,
+    parser.add_argument("--ipc", type=int_at_least(1), default=10, help="synthetic images per class")
+    parser.add_argument("--pool_size", type=int_at_least(1), default=None,
+                        help=_profile_help("ConvNets in the CLoM pool", "pool_size"))
+    parser.add_argument("--pool_epochs", type=int_at_least(1), default=None,
                         help=_profile_help("epochs each pool ConvNet trains", "pool_epochs"))
-    parser.add_argument("--iterations", type=int, default=None, help=_profile_help("DM iterations", "iterations"))
-    parser.add_argument("--alpha", type=float, default=10.0, help="CLoM weight")
-    parser.add_argument("--num_eval", type=int, default=None,
+    parser.add_argument("--iterations", type=int_at_least(0), default=None,
+                        help=_profile_help("DM iterations", "iterations"))
+    parser.add_argument("--alpha", type=FINITE, default=10.0, help="CLoM weight")
+    parser.add_argument("--num_eval", type=int_at_least(1), default=None,
                         help=_profile_help("evaluation networks per set", "num_eval"))
-    parser.add_argument("--eval_epochs", type=int, default=None,
+    parser.add_argument("--eval_epochs", type=int_at_least(1), default=None,
                         help=_profile_help("epochs each evaluation network trains", "eval_epochs"))
-    parser.add_argument("--seed", type=int, default=0, help="seed of every step")
-    parser.add_argument("--jobs", type=int, default=2,
+    parser.add_argument("--seed", type=seed_int, default=0, help="seed of every step")
+    parser.add_argument("--jobs", type=int_at_least(1), default=2,
                         help="steps run side by side, each with (CPU cores / jobs) threads")
-    parser.add_argument("--gpu", default="0", help="CUDA card number, or 'cpu' (the CPU is used when there is no "
-                        "CUDA)")
+    parser.add_argument("--gpu", default="0", type=device_name,
+                        help="CUDA card number, or 'cpu' (the CPU is used when there is no CUDA)")
     return parser
 
 
@@ -111,12 +115,12 @@ def run_steps(steps: list[Step], cwd: Path, jobs: int) -> None:
 
 
 def main(argv=None) -> list[tuple[str, float, float]]:
-    args = get_args_parser().parse_args(argv)
+    args = parse_flags(get_args_parser(), argv)
     for name, value in PROFILES["full" if args.full else "short"].items():
         if getattr(args, name) is None:
             setattr(args, name, value)
-    out = Path(args.out or Path("quickstart_runs") / time.strftime("%Y%m%d-%H%M%S")).resolve()
-    out.mkdir(parents=True, exist_ok=False)
+    out = new_output_dir(Path(args.out or Path("quickstart_runs") / time.strftime("%Y%m%d-%H%M%S")),
+                         "--out").resolve()
     common = ["--dataset", "Digits", "--random_seed", str(args.seed), "--gpu", args.gpu]
     dm = [*common, "--ipc", str(args.ipc), "--num_eval", "0", "--batch_real", "64"]
     sets = {  # name -> (save_path, extra flags, steps it needs)
@@ -165,4 +169,4 @@ def _result_folder(extra: list[str]) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -16,18 +16,22 @@ import time
 import torch
 
 from utils import distributed
-from utils.cli import check_at_least, fix_seed, run_cli, start_process, training_parser
+from utils.cli import check_at_least, check_output_path, fix_seed, parse_flags, run_cli, start_process, training_parser
 from utils.data import load_dataset
 from utils.engine import EpochHook, Schedule, build_seeded_network, evaluate_models, train_models
 from utils.io import (
     POOL_INFO_NAME,
+    RunDirClaims,
     atomic_json_save,
     atomic_torch_save,
     pool_arch_dir,
     pool_checkpoint_path,
-    reserve_run_dir,
 )
-from utils.misc import make_generator, parse_int_list, setup_logging
+from utils.misc import UserError, make_generator, parse_int_list, setup_logging
+
+
+class NonFiniteTrainingError(UserError):
+    """A model's weights became nan/inf (its loss diverged); the checkpoints saved before are kept."""
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -52,20 +56,29 @@ def check_args(args) -> list[int]:
 
 
 def main(argv=None) -> None:
-    args = get_args_parser().parse_args(argv)
+    args = parse_flags(get_args_parser(), argv)
     milestones = check_args(args)
+    check_output_path(args.save_root, "--save_root")
     runtime = start_process(args.gpu, args.eager, args.precision)
     dist, device = runtime.dist, runtime.device
     seed = fix_seed(dist, args.random_seed)
     data = load_dataset(args.dataset, args.data_path, device, normalize=args.normalize_data,
                         download=not args.no_download)
-    spec = data.spec
 
     # Index folders are reserved with an atomic mkdir (so concurrent runs never collide) by rank 0, which
-    # then hands model m its folder; under torchrun the models are split across ranks.
-    arch_dir = pool_arch_dir(spec.name, args.model, args.save_root)
-    indexes = [reserve_run_dir(arch_dir)[0] for _ in range(args.num)] if dist.is_main else None
-    indexes = distributed.broadcast_object(dist, indexes)
+    # locks each for the whole run (a pool loader then knows it is still being trained) and hands model m
+    # its folder; under torchrun the models are split across ranks.
+    arch_dir = pool_arch_dir(data.spec.name, args.model, args.save_root)
+    claims = RunDirClaims(arch_dir, args.num if dist.is_main else 0, "--save_root")
+    try:
+        indexes = distributed.broadcast_object(dist, [k for k, _, _ in claims.claims] if dist.is_main else None)
+        _train_pool(args, milestones, runtime, seed, data, arch_dir, indexes)
+    finally:
+        claims.release()
+
+
+def _train_pool(args, milestones: list[int], runtime, seed: int, data, arch_dir, indexes: list[int]) -> None:
+    spec, dist, device = data.spec, runtime.dist, runtime.device
     my_models = distributed.split_range(args.num, dist)
     runs = [(indexes[m], arch_dir / f"index_{indexes[m]}") for m in my_models]
     first, last = (runs[0][0], runs[-1][0]) if runs else (0, 0)
@@ -89,6 +102,17 @@ def main(argv=None) -> None:
         atomic_json_save(info, run_dir / POOL_INFO_NAME)
 
     def save_and_test(epoch: int, ids: list[int], trained) -> None:
+        # Called after every epoch: a diverged model stops the run at once (its saved epochs are kept).
+        for slot, model in zip(ids, trained):
+            if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
+                index = runs[slot][0]
+                saved = infos[slot]["epochs_saved"]
+                raise NonFiniteTrainingError(
+                    f"the training loss of index_{index} became non-finite: its weights are NaN/inf after epoch "
+                    f"{epoch}; stopped (checkpoints saved before are kept: epochs {saved or 'none'} in "
+                    f"{runs[slot][1]}); try a smaller --lr")
+        if epoch % args.save_every and epoch != args.epochs:
+            return
         accuracies = evaluate_models(trained, data.test)
         for slot, model, acc in zip(ids, trained, accuracies):
             index, run_dir = runs[slot]
@@ -106,7 +130,7 @@ def main(argv=None) -> None:
         save_and_test(0, list(range(len(models))), models)
     else:
         with runtime.autocast():
-            train_models(models, data.train, schedule, generators, hook=EpochHook(save_and_test, args.save_every),
+            train_models(models, data.train, schedule, generators, hook=EpochHook(save_and_test, 1),
                          stack=False if args.no_stack else None, compiled=runtime.fast, desc=f"train {args.model}")
     elapsed = time.time() - start
     for (_, run_dir), info in zip(runs, infos):  # the time this process took for all its models

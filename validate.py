@@ -12,6 +12,7 @@ Writes every number and setting to a JSON file beside the set (what summarize.py
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 import time
@@ -21,11 +22,19 @@ import numpy as np
 
 from utils import distributed
 from utils.augment import DEFAULT_DSA_STRATEGY, DSA_OPS, dsa_augmenter
-from utils.cli import check_at_least, fix_seed, run_cli, start_process, training_parser
-from utils.data import load_dataset
+from utils.cli import check_at_least, check_output_path, fix_seed, parse_flags, run_cli, start_process, training_parser
+from utils.data import get_dataset_spec, load_dataset
 from utils.engine import NetworkSpec, Schedule, TensorSource, train_and_test
-from utils.io import atomic_json_save, atomic_torch_save, first_free_path, load_result_file, reserve_run_dir, to_plain
-from utils.misc import UserError, parse_int_list, setup_logging
+from utils.io import (
+    RunDirClaims,
+    atomic_json_save,
+    atomic_torch_save,
+    ensure_dir,
+    load_result_file,
+    save_new_file,
+    to_plain,
+)
+from utils.misc import UserError, get_logger, parse_int_list, setup_logging
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -52,15 +61,19 @@ def get_args_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+    args = parse_flags(get_args_parser(), argv)
     start = time.time()
     for value, name in ((args.epochs, "--epochs"), (args.save_every, "--save_every"),
-                        (args.batch_size, "--batch_size"), (args.num_eval, "--num_eval")):
+                        (args.batch_size, "--batch_size"), (args.num_eval, "--num_eval"), (args.ipc, "--ipc")):
         check_at_least(value, name, 0 if name == "--epochs" else 1)
     milestones = parse_int_list(args.lr_decay_step, "--lr_decay_step")
     augment = dsa_augmenter(args.dsa_strategy) if args.dsa else None
     if args.result_json and Path(args.result_json).exists():
         raise UserError(f"--result_json {args.result_json} already exists; refusing to overwrite it")
+    if args.result_json:
+        check_output_path(Path(args.result_json).parent, "--result_json")
+    if args.save_model:
+        check_output_path(_model_folder(args, get_dataset_spec(args.dataset).name), "--save_model")
     runtime = start_process(args.gpu, args.eager, args.precision)
     dist, device = runtime.dist, runtime.device
     seed = fix_seed(dist, args.random_seed)
@@ -81,7 +94,25 @@ def main(argv=None):
         images = images * data.train.std.view(1, -1, 1, 1) + data.train.mean.view(1, -1, 1, 1)
 
     log_file = Path(args.synthesis_data_path).with_name(f"validate_{args.model}.log")
-    logger = setup_logging(log_file if dist.is_main else None, quiet=not dist.is_main)
+    setup_logging(log_file if dist.is_main else None, quiet=not dist.is_main)
+    # --save_model: the index folders are this run's from now until it ends (locked; removed if unused)
+    claims = RunDirClaims(_model_folder(args, spec.name), args.num_eval if args.save_model and dist.is_main else 0,
+                          "--save_model")
+    try:
+        synthetic = TensorSource(images, labels, spec.num_classes)
+        return _train_and_report(args, runtime, seed, synthetic, content, data, milestones, augment, claims.claims,
+                                 start)
+    finally:
+        claims.release()
+
+
+def _model_folder(args, dataset: str) -> Path:
+    return Path("pretrained_model") / dataset / args.method / f"IPC{args.ipc}" / args.model
+
+
+def _train_and_report(args, runtime, seed, synthetic, content, data, milestones, augment, claims, start):
+    spec, logger, dist, device = data.spec, get_logger(), runtime.dist, runtime.device
+    labels = synthetic.labels
     logger.info("command: %s", " ".join(sys.argv))
     if distributed.multigpu_notice(args.multigpu):
         logger.info(distributed.multigpu_notice(args.multigpu))
@@ -94,7 +125,7 @@ def main(argv=None):
     network = NetworkSpec(args.model, spec.channel, spec.num_classes, spec.im_size)
     with runtime.autocast():
         result = train_and_test(network, [seed + k for k in range(args.num_eval)],
-                                TensorSource(images, labels, spec.num_classes), data.test, schedule,
+                                synthetic, data.test, schedule,
                                 runtime=runtime, test_every=args.save_every, keep_best_states=args.save_model)
     tests = test_evaluations(args.epochs, args.save_every)
     for k, (final, best, epoch) in enumerate(zip(result.final, result.best, result.best_epoch)):
@@ -115,13 +146,15 @@ def main(argv=None):
                   "wall_time_s": round(time.time() - start, 2), "settings_of_the_set": content.get("config"),
                   "seed_of_the_set": content.get("seed"), "args": vars(args), "command": sys.argv}
         default = Path(args.synthesis_data_path).with_name(f"validate_{args.model}_seed{seed}.json")
-        path = atomic_json_save(to_plain(record), Path(args.result_json) if args.result_json
-                                else first_free_path(default))
+        if args.result_json:
+            ensure_dir(Path(args.result_json).parent, "--result_json")
+            path = atomic_json_save(to_plain(record), args.result_json)
+        else:  # the first free name, claimed atomically (concurrent validations never share one)
+            path = save_new_file(json.dumps(to_plain(record), indent=2, sort_keys=True).encode(), default)
         logger.info("results written to %s", path)
     if args.save_model and dist.is_main:
-        parent = Path("pretrained_model") / spec.name / args.method / f"IPC{args.ipc}" / args.model
         for k, state in enumerate(result.best_states):
-            index, run_dir = reserve_run_dir(parent)
+            index, run_dir, _ = claims[k]
             path = run_dir / f"{spec.name}_{args.model}_best_epoch{result.best_epoch[k]}.pth"
             atomic_torch_save(state, path)
             logger.info("saved network %d's weights at its highest test accuracy to %s", k, path)

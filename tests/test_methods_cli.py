@@ -236,6 +236,7 @@ def test_clom_term_is_added_and_reseeded_from_seed_exp_iteration(monkeypatch):
 
     term = RecordingLoss()
     monkeypatch.setattr(flags, "build_clom_loss", lambda *args: term)
+    _fake_pool(Path.cwd())  # the pool's files are checked before the run starts
     assert run(dm_cli, "--ipc", "1", "--Iteration", "3", "--num_eval", "0", "--CLoM", "--models_pool", "ConvNet",
                "--alphas", "1") == 0
     assert term.calls == 3

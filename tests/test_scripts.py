@@ -132,7 +132,7 @@ def test_validate_without_normalization_maps_the_set_to_pixel_space(workdir):
 
 
 @pytest.mark.parametrize("content, message", [
-    (b"garbage", "cannot read"),
+    (b"garbage", "not a PyTorch file"),
     ({"accs_all_exps": {}}, "not a synthetic-set file"),
     ({"data": [[torch.zeros(4, 3, 32, 32), torch.zeros(4, dtype=torch.long)]]}, "(3, 32, 32)"),
     ({"data": [[torch.zeros(4, 1, 8, 8), torch.full((4,), 12)]]}, "labels outside"),

@@ -18,7 +18,17 @@ from torch import nn
 from networks import build_network, list_networks
 from networks.foundation import FoundationModelError, build_foundation_model, is_foundation_name
 from utils.data import get_dataset_spec
-from utils.io import POOL_INFO_NAME, POOL_ROOT, load_json, load_state_dict_file, pool_checkpoint_path
+from utils.io import (
+    POOL_INFO_NAME,
+    POOL_ROOT,
+    describe_lock,
+    load_json,
+    load_state_dict_file,
+    lock_holder,
+    pool_arch_dir,
+    pool_checkpoint_path,
+    pool_run_dir,
+)
 from utils.misc import UserError, get_logger, one_line
 
 
@@ -137,25 +147,8 @@ def load_pool(
     weights: dict[str, str] | None = None,
 ) -> list[PoolArch]:
     """Load every architecture's models (frozen, eval mode, on `device`). Model k is index_k."""
-    if not architectures:
-        raise UserError("--CLoM needs --models_pool: the pool architectures (e.g. --models_pool ConvNet)")
-    if model_num < 1:
-        raise UserError(f"--model_num must be >= 1, got {model_num}")
+    check_pool(source_dataset, architectures, model_num, epoch, root, weights)
     weights = dict(weights or {})
-    for name in weights:
-        if name not in architectures:
-            raise UserError(f"--CLoM_weights names {name!r}, which is not in --models_pool")
-        if not is_foundation_name(name):
-            raise UserError(
-                f"--CLoM_weights is for foundation models (timm:/open_clip:/torchvision:<name>); "
-                f"{name!r} is loaded from {root}/"
-            )
-    for name in architectures:  # fail on a bad name before reading any file
-        if not is_foundation_name(name) and name not in list_networks():
-            raise UserError(
-                f"unknown pool architecture {name!r}; known: {', '.join(list_networks())}; "
-                "or a foundation model timm:<name>, open_clip:<name>, torchvision:<name>"
-            )
     pool = []
     for name in architectures:
         if is_foundation_name(name):
@@ -169,21 +162,83 @@ def load_pool(
     return pool
 
 
+def check_pool(
+    source_dataset: str,
+    architectures: list[str],
+    model_num: int,
+    epoch: int,
+    root: str = POOL_ROOT,
+    weights: dict[str, str] | None = None,
+) -> None:
+    """Everything about a pool that can be checked without loading it — names, and that every checkpoint
+    file is there — so a run can refuse a bad pool before it creates anything."""
+    if not architectures:
+        raise UserError("--CLoM needs --models_pool: the pool architectures (e.g. --models_pool ConvNet)")
+    if model_num < 1:
+        raise UserError(f"--model_num must be >= 1, got {model_num}")
+    for name in weights or {}:
+        if name not in architectures:
+            raise UserError(f"--CLoM_weights names {name!r}, which is not in --models_pool")
+        if not is_foundation_name(name):
+            raise UserError(
+                f"--CLoM_weights is for foundation models (timm:/open_clip:/torchvision:<name>); "
+                f"{name!r} is loaded from {root}/"
+            )
+    for name in architectures:  # fail on a bad name before reading any file
+        if not is_foundation_name(name) and name not in list_networks():
+            raise UserError(
+                f"unknown pool architecture {name!r}; known: {', '.join(list_networks())}; "
+                "or a foundation model timm:<name>, open_clip:<name>, torchvision:<name>"
+            )
+    for name in architectures:
+        if not is_foundation_name(name):
+            for k in range(model_num):
+                if not pool_checkpoint_path(source_dataset, name, k, epoch, root).is_file():
+                    raise UserError(_missing_pool_model(source_dataset, name, k, model_num, epoch, root))
+
+
+def _missing_pool_model(dataset: str, arch: str, index: int, model_num: int, epoch: int, root: str) -> str:
+    """Why pool model `index` at `epoch` is missing, and a command that makes exactly the missing ones
+    (train_original_models.py writes to the first free index_<k> folders, in order)."""
+    path = pool_checkpoint_path(dataset, arch, index, epoch, root)
+    run_dir = pool_run_dir(dataset, arch, index, root)
+    arch_dir = pool_arch_dir(dataset, arch, root)
+    missing = [k for k in range(model_num) if not pool_run_dir(dataset, arch, k, root).exists()]
+    save_root = "" if str(root) == POOL_ROOT else f" --save_root {root}"
+
+    def command(count: int) -> str:
+        return (f"python train_original_models.py --dataset {dataset} --model {arch} --num {count} --epochs {epoch} "
+                f"--normalize_data{save_root}")
+
+    if not run_dir.exists():
+        others = f" and the {len(missing) - 1} other missing one(s)" if len(missing) > 1 else ""
+        return f"pool model {path} not found; make it{others} with: {command(len(missing))}"
+    holder = lock_holder(run_dir)
+    if holder is not None:
+        return (f"pool model {path} not found: {run_dir} is still being trained ({describe_lock(holder, run_dir)}); "
+                "wait for it to finish")
+    saved = sorted(int(f.stem.rsplit("epoch", 1)[1]) for f in run_dir.glob("*_original_epoch*.pth")
+                   if f.stem.rsplit("epoch", 1)[1].isdigit())
+    shown = ", ".join(map(str, saved[:10])) + (", ..." if len(saved) > 10 else "") if saved else "none"
+    return (f"pool model {path} not found: {run_dir} holds epochs {shown} (its training stopped earlier or used "
+            f"other --epochs/--save_every); pass --epoch with a saved one, or move {run_dir} out of {arch_dir} and "
+            f"retrain with: {command(len(missing) + 1)}")
+
+
 def _load_member(
     dataset: str, arch: str, index: int, model_num: int, epoch: int, device, root: str
 ) -> PoolMember:
     path = pool_checkpoint_path(dataset, arch, index, epoch, root)
     if not path.is_file():
-        save_root = "" if str(root) == POOL_ROOT else f" --save_root {root}"
-        raise UserError(
-            f"pool model {path} not found; make it with: python train_original_models.py "
-            f"--dataset {dataset} --model {arch} --num {model_num} --epochs {epoch} "
-            f"--normalize_data{save_root}"
-        )
+        raise UserError(_missing_pool_model(dataset, arch, index, model_num, epoch, root))
     info_path = path.parent / POOL_INFO_NAME
     if info_path.is_file():
         info = load_json(info_path)
-        space, num_classes = input_space_from_info(info), int(info["num_classes"])
+        try:
+            space, num_classes = input_space_from_info(info), int(info["num_classes"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise UserError(f"{info_path} is damaged: {one_line(err)} (expected the file "
+                            "train_original_models.py writes)") from None
     else:  # e.g. a pool trained by the paper code: assume its README's --normalize_data
         spec = get_dataset_spec(dataset)
         info = None

@@ -22,15 +22,28 @@ from methods.DC_DSA_DM.config import (
     eval_model_pool,
 )
 from methods.DC_DSA_DM.gradient_matching import METRICS
-from methods.DC_DSA_DM.run_state import RunFiles, RunStore, start_or_resume
+from methods.DC_DSA_DM.run_state import RunClaim, RunFiles, RunStore, SettingsDiffer, start_or_resume
 from methods.DC_DSA_DM.synset import INITS
 from networks import list_networks
 from networks.foundation import is_foundation_name
 from utils.augment import DSA_OPS
-from utils.cli import HelpFormatter, add_data_flags, add_runtime_flags, fix_seed, start_process
+from utils.cli import (
+    FINITE,
+    NON_NEGATIVE,
+    POSITIVE,
+    HelpFormatter,
+    add_data_flags,
+    add_runtime_flags,
+    check_output_path,
+    device_name,
+    fix_seed,
+    parse_flags,
+    seed_int,
+    start_process,
+)
 from utils.data import load_dataset
 from utils.misc import SettingError, UserError, derive_seed, setup_logging
-from utils.pools import InputSpace
+from utils.pools import InputSpace, check_pool
 
 # Setting (DistillConfig / ClomOptions field) -> the flag that sets it, for error messages.
 FLAG_OF = {"iterations": "--Iteration", "seed": "--random_seed", "download": "--no_download",
@@ -67,9 +80,9 @@ def get_args_parser(description: str, defaults: dict) -> argparse.ArgumentParser
     parser.add_argument("--epoch_eval_train", type=int, default=defaults["epoch_eval_train"],
                         help=defaults["epoch_eval_train_help"])
     parser.add_argument("--Iteration", type=int, default=defaults["Iteration"], help="distillation iterations")
-    parser.add_argument("--lr_img", type=float, default=defaults["lr_img"],
+    parser.add_argument("--lr_img", type=POSITIVE, default=defaults["lr_img"],
                         help="learning rate of the synthetic images (SGD, momentum 0.5)")
-    parser.add_argument("--lr_net", type=float, default=0.01, help=defaults["lr_net_help"])
+    parser.add_argument("--lr_net", type=POSITIVE, default=0.01, help=defaults["lr_net_help"])
     parser.add_argument("--batch_real", type=int, default=256, help="real images per class per step")
     parser.add_argument("--batch_train", type=int, default=256, help=defaults["batch_train_help"])
     parser.add_argument("--init", default=defaults["init"], metavar="|".join(INITS),
@@ -81,8 +94,8 @@ def get_args_parser(description: str, defaults: dict) -> argparse.ArgumentParser
                         help="output folder (default: condensed/<dataset>/<method>/IPC<ipc>; the CLoM or "
                         "original_method sub-folders are appended)")
     parser.add_argument("--dis_metric", default="ours", metavar="|".join(METRICS), help=defaults["dis_metric_help"])
-    parser.add_argument("--gpu", default="0", help="CUDA card number, or 'cpu' (the CPU is used when there is no "
-                        "CUDA)")
+    parser.add_argument("--gpu", default="0", type=device_name,
+                        help="CUDA card number, or 'cpu' (the CPU is used when there is no CUDA)")
     add_runtime_flags(parser)
     _add_clom_flags(parser)
     _add_run_flags(parser)
@@ -96,7 +109,7 @@ def _add_clom_flags(parser: argparse.ArgumentParser) -> None:
                       help="ce: cross-entropy of an in-distribution pool (the paper's formula); cos: 1 - cosine of "
                       "features, any pool (out-of-distribution, foundation models); ce_plain: what the paper "
                       "code computes, alpha * CE(pool(synthetic), labels). Only with --CLoM")
-    clom.add_argument("--alphas", type=float, nargs="+", default=None, metavar="ALPHA",
+    clom.add_argument("--alphas", type=FINITE, nargs="+", default=None, metavar="ALPHA",
                       help="loss weight per pool architecture, or one for all (default: none; needed with --CLoM)")
     clom.add_argument("--models_pool", nargs="+", default=None, metavar="ARCH",
                       help="architectures of the pre-trained pool (names as for --model), or foundation models "
@@ -109,7 +122,7 @@ def _add_clom_flags(parser: argparse.ArgumentParser) -> None:
     clom.add_argument("--CLoM_batch_size", type=int, default=256, help="real images per CLoM batch (0: all)")
     clom.add_argument("--CLoM_feature", default="embed", metavar="|".join(FEATURES),
                       help="features F for the cos distance: embed (the embedding) or logits (the outputs)")
-    clom.add_argument("--CLoM_cache_gb", type=float, default=4.0,
+    clom.add_argument("--CLoM_cache_gb", type=NON_NEGATIVE, default=4.0,
                       help="GiB of device memory for cached real features of the pool (beyond it they are "
                       "recomputed each step: same result, slower)")
     clom.add_argument("--CLoM_weights", nargs="*", default=None, metavar="NAME=PATH",
@@ -119,7 +132,7 @@ def _add_clom_flags(parser: argparse.ArgumentParser) -> None:
 
 def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     run = parser.add_argument_group("reproducibility and long runs")
-    run.add_argument("--random_seed", type=int, default=None,
+    run.add_argument("--random_seed", type=seed_int, default=None,
                      help="seed of every random draw (default: from the clock; logged and saved)")
     run.add_argument("--checkpoint_every", type=int, default=100, help="iterations between checkpoints")
     run.add_argument("--resume", action="store_true", help="continue from the checkpoint in the save folder")
@@ -168,7 +181,7 @@ def config_from_args(args: argparse.Namespace) -> DistillConfig:
 
 def main(argv, description: str, defaults: dict, methods: tuple[str, ...], other_script: str) -> Path | None:
     """A DC/DSA or DM script: parse and check the flags, start or resume the run, distill."""
-    args = get_args_parser(description, defaults).parse_args(argv)
+    args = parse_flags(get_args_parser(description, defaults), argv)
     if str(args.method).upper() not in methods:
         raise UserError(f"this script runs {' or '.join(methods)}, got --method {args.method!r} "
                         f"(use {other_script})")
@@ -176,33 +189,42 @@ def main(argv, description: str, defaults: dict, methods: tuple[str, ...], other
         return _distill(args)
     except SettingError as err:  # the library names the setting; the user knows the flag
         raise UserError(f"{flag_of(err.setting)} {err.problem}") from None
+    except SettingsDiffer as err:
+        raise UserError(err.message(flag_of)) from None
 
 
 def _distill(args: argparse.Namespace) -> Path | None:
+    # Every setting is checked before anything is created: flags, the output path, the pool's files.
     cfg = config_from_args(args)
     check_config(cfg)
+    files = RunFiles.for_config(cfg)
+    check_output_path(files.folder, "--save_path")
+    if cfg.clom is not None:
+        check_pool(cfg.clom.source_dataset, list(cfg.clom.models_pool), cfg.clom.model_num, cfg.clom.epoch,
+                   cfg.clom.pool_root, cfg.clom.weights)
     runtime = start_process(args.gpu, cfg.eager, cfg.precision)
     dist, device = runtime.dist, runtime.device
     logger = setup_logging(None, quiet=not dist.is_main)
-    files = RunFiles.for_config(cfg)
-    started = start_or_resume(cfg, files)
-    if started is None:
-        logger.info("%s is complete (%d experiments); nothing to resume", files.result, cfg.num_exp)
-        return files.result
-    state, seed = started
-    seed = fix_seed(dist, seed)
-    data = load_dataset(cfg.dataset, cfg.data_path, device, normalize=True, download=cfg.download)
-    logger = setup_logging(files.log if dist.is_main else None, quiet=not dist.is_main)
-    store = RunStore(files, cfg, seed, writes=dist.is_main)
-    store.save_settings(vars(args))
-    _log_start(logger, cfg, data, state, seed, device, files)
-    clom = None if cfg.clom is None else build_clom_loss(
-        cfg.clom, data.train, InputSpace.of(data.train), device, derive_seed(seed, "extra loss"))
-    if clom is not None:
-        logger.info("CLoM: %s", clom.describe())
-    logger.info("precision %s | fast paths %s", runtime.precision, "on" if runtime.fast else "off")
-    with runtime.autocast():
-        return distill.run(cfg, distill.Resources(data, runtime, clom), store, state)
+    with RunClaim(files, dist):  # the save folder is this run's until it ends
+        started = start_or_resume(cfg, files)
+        if started is None:
+            logger.info("%s is complete (%d experiments, same settings); nothing to resume", files.result,
+                        cfg.num_exp)
+            return files.result
+        state, seed = started
+        seed = fix_seed(dist, seed)
+        data = load_dataset(cfg.dataset, cfg.data_path, device, normalize=True, download=cfg.download)
+        clom = None if cfg.clom is None else build_clom_loss(
+            cfg.clom, data.train, InputSpace.of(data.train), device, derive_seed(seed, "extra loss"))
+        logger = setup_logging(files.log if dist.is_main else None, quiet=not dist.is_main)
+        store = RunStore(files, cfg, seed, writes=dist.is_main)
+        store.save_settings(vars(args))
+        _log_start(logger, cfg, data, state, seed, device, files)
+        if clom is not None:
+            logger.info("CLoM: %s", clom.describe())
+        logger.info("precision %s | fast paths %s", runtime.precision, "on" if runtime.fast else "off")
+        with runtime.autocast():
+            return distill.run(cfg, distill.Resources(data, runtime, clom), store, state)
 
 
 def _log_start(logger: logging.Logger, cfg: DistillConfig, data, state, seed: int, device, files: RunFiles) -> None:

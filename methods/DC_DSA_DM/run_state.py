@@ -1,27 +1,54 @@
 """Where a run keeps its files and how it starts or resumes.
 
-A run owns one save folder (the paper code's layout); in it: the result file, a checkpoint while running,
-the log, the settings, and a PNG grid per evaluation. The result file is the paper code's
-{'data', 'accs_all_exps'} plus what a sweep's summary needs: the settings, the flags, the seed and the
-wall time. The checkpoint holds a `RunState` — the synthetic images of the current experiment, the
-optimizer's momentum, where the run is, the finished experiments — plus the settings and seed, so
-`--resume` ends with the same synthetic set as an uninterrupted run.
+A run owns one save folder (the paper code's layout) for its whole life — a lock file in it names the
+owner, and a second run into the folder is refused while the first is alive (RunClaim). In it: the result
+file, a checkpoint while running (and the previous one beside it), the log, the settings, and a PNG grid
+per evaluation. The result file is the paper code's {'data', 'accs_all_exps'} plus what a sweep's summary
+needs: the settings, the flags, the seed and the wall time. The checkpoint holds a `RunState` — the
+synthetic images of the current experiment, the optimizer's momentum, where the run is, the finished
+experiments — plus the settings and seed, so `--resume` ends with the same synthetic set as an
+uninterrupted run.
+
+Resume rule. Settings that shape the synthetic set must be the same as saved, with two exceptions that
+still end with exactly the set of an uninterrupted run: `iterations` may change while a checkpoint is
+being continued (no experiment finished yet, and not below the iteration it reached: no step depends on
+the total, and the evaluations before that point are the same), and `num_exp` may grow (the new experiments
+are independent, seeded by their index). A finished experiment is never continued to more iterations:
+its optimizer momentum is not kept, so the result would differ from a run made that long.
 """
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from methods.clom import ClomOptions
 from methods.DC_DSA_DM.config import DistillConfig
+from utils import distributed
 from utils.data import get_dataset_spec
-from utils.io import atomic_bytes_save, atomic_json_save, atomic_torch_save, result_file_name, safe_torch_load, to_plain
-from utils.misc import UserError, resolve_seed
+from utils.distributed import DistInfo
+from utils.io import (
+    DamagedFile,
+    FolderLock,
+    WriteError,
+    atomic_bytes_save,
+    atomic_json_save,
+    atomic_torch_save,
+    created_dirs,
+    ensure_dir,
+    remove_empty_dirs,
+    remove_temp_files,
+    result_file_name,
+    safe_torch_load,
+    to_plain,
+)
+from utils.misc import UserError, get_logger, resolve_seed
 
 # Settings that do not change the synthetic set: a run may be resumed with other values of these.
 OPERATIONAL_SETTINGS = ("data_path", "save_path", "download", "checkpoint_every", "resume", "stop_after",
@@ -69,6 +96,11 @@ class RunFiles:
         return self.folder / f"checkpoint_{self.stem}.pt"
 
     @property
+    def previous_checkpoint(self) -> Path:
+        """The checkpoint before the latest, kept until the run ends (in case the latest is damaged)."""
+        return self.folder / f"checkpoint_{self.stem}.prev.pt"
+
+    @property
     def log(self) -> Path:
         return self.folder / f"log_{self.stem}.txt"
 
@@ -111,6 +143,8 @@ class RunStore:
         return round(state.wall_time_s + time.monotonic() - self.started, 2)
 
     def save_checkpoint(self, state: RunState) -> None:
+        """The new checkpoint is written beside the old one and only then takes its name; the old one is
+        kept as the previous checkpoint, so no crash can leave only a damaged checkpoint."""
         if self.writes:
             payload = {"exp": state.exp, "next_iteration": state.next_iteration,
                        "images": None if state.images is None else state.images.cpu(),
@@ -118,7 +152,15 @@ class RunStore:
                        "accs_all_exps": to_plain(state.accs_all_exps), "data": state.data,
                        "config": to_plain(asdict(self.cfg)), "seed": self.seed,
                        "wall_time_s": self.wall_time_s(state)}
-            atomic_torch_save(payload, self.files.checkpoint, overwrite=True)
+            checkpoint, previous = self.files.checkpoint, self.files.previous_checkpoint
+            try:
+                if checkpoint.exists():
+                    os.replace(checkpoint, previous)
+                atomic_torch_save(payload, checkpoint, overwrite=True)
+            except OSError as err:
+                raise WriteError(f"cannot write {checkpoint}: {err.strerror or err}") from None
+            except WriteError as err:
+                raise WriteError(f"{err}; once the disk has room, continue with --resume") from None
 
     def save_result(self, state: RunState) -> None:
         """The experiments finished so far, in the paper code's format {'data', 'accs_all_exps'}, plus
@@ -130,7 +172,10 @@ class RunStore:
             payload = {"data": state.data, "accs_all_exps": to_plain(state.accs_all_exps), "normalized": True,
                        "config": to_plain(asdict(self.cfg)), "seed": self.seed, "args": to_plain(self.flags),
                        "wall_time_s": self.wall_time_s(state), "torch_version": str(torch.__version__)}
-            atomic_torch_save(payload, self.files.result, overwrite=True)
+            try:
+                atomic_torch_save(payload, self.files.result, overwrite=True)
+            except WriteError as err:
+                raise WriteError(f"{err}; once the disk has room, continue with --resume") from None
 
     def save_png(self, png: bytes, exp: int, it: int) -> None:
         if self.writes:
@@ -145,32 +190,168 @@ class RunStore:
     def remove_checkpoint(self) -> None:
         if self.writes:
             self.files.checkpoint.unlink(missing_ok=True)
+            self.files.previous_checkpoint.unlink(missing_ok=True)
+
+
+class RunClaim:
+    """The run's ownership of its save folder, from before it reads anything there until it ends: the
+    folder is created (checked), locked (the main process holds the lock; under torchrun the others learn
+    whether it got it), and on exit unlocked — and removed again if this run created it and wrote nothing
+    (a run that fails at start leaves no empty folders behind)."""
+
+    def __init__(self, files: RunFiles, dist: DistInfo | None = None):
+        self.files, self.dist = files, dist or DistInfo()
+        self.lock: FolderLock | None = None
+        self.made: list[Path] = []
+
+    def __enter__(self) -> RunClaim:
+        problem = None
+        if self.dist.is_main:
+            self.made = created_dirs(self.files.folder)
+            try:
+                ensure_dir(self.files.folder, "--save_path")
+                self.lock = FolderLock(self.files.folder, "wait for it to finish, or pick another --save_path")
+                self.lock.acquire()
+                remove_temp_files(self.files.folder)  # left by a killed writer; no one else writes here now
+            except UserError as err:
+                problem = str(err)
+                remove_empty_dirs(self.made)
+        problem = distributed.broadcast_object(self.dist, problem)
+        if problem:
+            raise UserError(problem)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.lock is not None:
+            self.lock.release()
+            remove_empty_dirs(self.made)
+
+
+class SettingsDiffer(UserError):
+    """--resume with settings other than the saved run's. `differences`: (setting, saved, now); flags.py
+    names the flags."""
+
+    def __init__(self, path: Path, differences: list[tuple[str, object, object]], note: str = ""):
+        self.path, self.differences, self.note = path, differences, note
+        super().__init__(self.message(lambda setting: setting))
+
+    def message(self, flag_of) -> str:
+        listed = "; ".join(f"{flag_of(setting)} was {_shown(saved)}, now {_shown(now)}"
+                           for setting, saved, now in self.differences)
+        return (f"cannot resume {self.path}: it was made with other settings ({listed}){self.note}; pass the "
+                f"saved values, or another --save_path for a new run")
+
+
+def _shown(value) -> str:
+    if value is None:
+        return "unset"
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return str(value)
+
+
+def _flat(config: Mapping, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, Mapping) and key == "clom":
+            out.update(_flat(value, f"{key}."))
+        else:
+            out[prefix + key] = value
+    return out
 
 
 def _comparable(config: Mapping) -> dict:
-    """The settings that shape the synthetic set (the CLoM feature cache size only changes the speed)."""
-    kept = {key: value for key, value in config.items() if key not in OPERATIONAL_SETTINGS}
-    if kept.get("clom"):
-        kept["clom"] = {key: value for key, value in kept["clom"].items() if key != "cache_gb"}
+    """The settings that shape the synthetic set (the CLoM feature cache size only changes the speed), flat:
+    {'ipc': 10, 'clom.alphas': [...], ...}."""
+    kept = _flat({key: value for key, value in config.items() if key not in OPERATIONAL_SETTINGS})
+    kept.pop("clom.cache_gb", None)
+    if kept.get("clom") is None:
+        kept.pop("clom", None)
     return kept
 
 
+def _defaults() -> dict:
+    """Each setting's default, flat: what a run saved before that setting existed ran with."""
+    def of(cls, prefix=""):
+        return {prefix + f.name: f.default if f.default is not MISSING else f.default_factory()
+                for f in fields(cls) if f.default is not MISSING or f.default_factory is not MISSING}
+    return {**of(DistillConfig), **of(ClomOptions, "clom.")}
+
+
+def _differences(saved_config: Mapping, saved_seed, cfg: DistillConfig, ignore=()) -> list[tuple[str, object, object]]:
+    saved, now = _comparable(saved_config), _comparable(to_plain(asdict(cfg)))
+    defaults = to_plain(_defaults())
+    for key in now:  # a setting newer than the saved run: it ran with the default
+        if key not in saved and key in defaults and (not key.startswith("clom.") or "clom.distance" in saved):
+            saved[key] = defaults[key]
+    with_clom = [any(key.startswith("clom.") for key in config) for config in (saved, now)]
+    if with_clom[0] != with_clom[1]:  # CLoM on in one, off in the other: that is the difference to name
+        saved, now = ({key: value for key, value in config.items() if not key.startswith("clom.")}
+                      for config in (saved, now))
+        saved["CLoM"], now["CLoM"] = ("on" if flag else "off" for flag in with_clom)
+    keys = [key for key in dict.fromkeys([*saved, *now]) if key not in ignore]
+    differ = [(key, saved.get(key), now.get(key)) for key in keys if saved.get(key) != now.get(key)]
+    if cfg.seed is not None and saved_seed is not None and cfg.seed != saved_seed:
+        differ.append(("seed", saved_seed, cfg.seed))
+    return differ
+
+
+_CHECKPOINT_KEYS = {"exp", "next_iteration", "images", "optimizer_state", "accs_all_exps", "data", "config", "seed"}
+
+
+def _read_checkpoint(path: Path) -> dict:
+    saved = safe_torch_load(path, "checkpoint")
+    if not isinstance(saved, dict) or not _CHECKPOINT_KEYS <= set(saved):
+        raise DamagedFile(f"checkpoint {path} is not a checkpoint of this suite (keys missing)")
+    return saved
+
+
+def _load_checkpoint(files: RunFiles) -> dict:
+    """The latest readable checkpoint: the newest, or the one before it when the newest is damaged (then
+    the run continues from a little earlier and, being deterministic, ends the same)."""
+    newest, previous = files.checkpoint, files.previous_checkpoint
+    problem = None
+    if newest.exists():
+        try:
+            return _read_checkpoint(newest)
+        except UserError as err:
+            problem = err
+    if previous.exists():
+        try:
+            saved = _read_checkpoint(previous)
+        except UserError:
+            pass
+        else:
+            if problem is not None:
+                get_logger().warning("%s; continuing from the previous checkpoint %s (iteration %d)", problem,
+                                     previous.name, saved["next_iteration"])
+            return saved
+    gone = ", ".join(str(path) for path in (newest, previous) if path.exists())
+    raise DamagedFile(f"{problem}; no readable checkpoint is left to resume from. To start this run over, delete "
+                      f"{gone} (finished experiments stay in the result file, if any) and run again with --resume; "
+                      "or pick another --save_path")
+
+
 def start_or_resume(cfg: DistillConfig, files: RunFiles) -> tuple[RunState, int] | None:
-    """(state, seed) to continue from: a new run, or the checkpoint's when resuming. None: the run is
-    already complete. Refuses to touch another run's results."""
-    if files.checkpoint.exists():
+    """(state, seed) to continue from: a new run, the checkpoint's when resuming, or a finished result's
+    when more experiments are asked for. None: the run is already complete. Refuses to touch another run's
+    results and to resume with settings that would not end as an uninterrupted run (see the module doc)."""
+    if files.checkpoint.exists() or files.previous_checkpoint.exists():
         if not cfg.resume:
             raise UserError(f"{files.folder} holds an unfinished run ({files.checkpoint.name}): pass "
                             f"--resume to continue it, or another --save_path")
-        saved = safe_torch_load(files.checkpoint, "checkpoint")
-        differ = sorted(key for key, value in _comparable(saved["config"]).items()
-                        if _comparable(to_plain(asdict(cfg))).get(key) != value)
+        saved = _load_checkpoint(files)
+        reached, finished = int(saved["next_iteration"]), len(saved["data"])
+        more_iterations_ok = finished == 0 and reached <= cfg.iterations
+        differ = _differences(saved["config"], saved["seed"], cfg,
+                              ignore=("iterations",) if more_iterations_ok else ())
         if differ:
-            raise UserError(f"cannot resume {files.checkpoint}: it was made with other settings "
-                            f"({', '.join(differ)}); pass the same flags, or another --save_path")
-        if cfg.seed is not None and cfg.seed != saved["seed"]:
-            raise UserError(f"cannot resume {files.checkpoint}: it was made with --random_seed "
-                            f"{saved['seed']}")
+            note = ""
+            if any(key == "iterations" for key, _, _ in differ):
+                note = (f"; iterations may change only before the first experiment ends, and not below the "
+                        f"iteration reached ({reached})" if finished == 0 else
+                        "; iterations cannot change once an experiment has finished with the saved value")
+            raise SettingsDiffer(files.checkpoint, differ, note)
         state = RunState(saved["exp"], saved["next_iteration"], saved["images"], saved["optimizer_state"],
                          saved["accs_all_exps"], saved["data"], float(saved.get("wall_time_s", 0.0)))
         return state, int(saved["seed"])
@@ -178,9 +359,27 @@ def start_or_resume(cfg: DistillConfig, files: RunFiles) -> tuple[RunState, int]
         if not cfg.resume:
             raise UserError(f"{files.result} already exists: pass --resume (to finish or keep it) or another "
                             f"--save_path")
-        done = len(safe_torch_load(files.result, "result file").get("data", []))
-        if done >= cfg.num_exp:
+        content = safe_torch_load(files.result, "result file")
+        data = content.get("data") if isinstance(content, dict) else None
+        if not isinstance(data, list):
+            raise DamagedFile(f"result file {files.result} is not a synthetic-set file; move it away or pick "
+                              "another --save_path")
+        done = len(data)
+        if not isinstance(content.get("config"), Mapping):  # e.g. the paper code's: its settings are unknown
+            if done >= cfg.num_exp:
+                return None
+            raise UserError(f"{files.result} holds {done} of {cfg.num_exp} experiments but records no settings "
+                            "to continue with; pick another --save_path")
+        differ = _differences(content["config"], content.get("seed"), cfg, ignore=("num_exp",))
+        if done > cfg.num_exp:
+            differ.append(("num_exp", done, cfg.num_exp))
+        if differ:
+            note = ("; a finished experiment cannot be continued to more iterations: its optimizer state is not "
+                    "kept, so the set would differ from one made that long in one go"
+                    if any(key == "iterations" for key, _, _ in differ) else "")
+            raise SettingsDiffer(files.result, differ, note)
+        if done == cfg.num_exp:
             return None
-        raise UserError(f"{files.result} holds {done} of {cfg.num_exp} experiments and there is no "
-                        f"checkpoint to continue from; pick another --save_path")
+        accs = {name: list(values) for name, values in (content.get("accs_all_exps") or {}).items()}
+        return RunState(exp=done, accs_all_exps=accs, data=[list(entry) for entry in data]), int(content["seed"])
     return RunState(), resolve_seed(cfg.seed)

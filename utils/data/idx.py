@@ -43,20 +43,41 @@ def find_idx_folder(torchvision_folder: str) -> Callable[[Path], Path | None]:
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """An idx file of unsigned bytes: 0, 0, 0x08, ndim, then ndim big-endian uint32 sizes, then the data."""
+    """An idx file of unsigned bytes: 0, 0, 0x08, ndim, then ndim big-endian uint32 sizes, then the data.
+    The sizes in the header are checked against the file before anything that large is read or allocated
+    (gzip: the data is read in slices, so a header cannot make it allocate more than the file holds)."""
     with reading(path):
         opener = gzip.open if path.suffix == ".gz" else open
         with opener(path, "rb") as f:
-            raw = f.read()
-        if len(raw) < 4 or raw[:3] != b"\x00\x00\x08":
-            raise FormatError(f"{path} is not an idx file of unsigned bytes")
-        ndim = raw[3]
-        header_end = 4 + 4 * ndim
-        dims = struct.unpack(f">{ndim}I", raw[4:header_end])
-        values = np.frombuffer(raw, dtype=np.uint8, offset=header_end)
-        if values.size != math.prod(dims):
-            raise FormatError(f"{path} holds {values.size} values but its header says {dims} (truncated?)")
-        return values.reshape(dims)
+            head = f.read(4)
+            if len(head) < 4 or head[:3] != b"\x00\x00\x08":
+                raise FormatError(f"{path} is not an idx file of unsigned bytes")
+            ndim = head[3]
+            header = f.read(4 * ndim)
+            if len(header) != 4 * ndim:
+                raise FormatError(f"{path} is truncated inside its header")
+            dims = struct.unpack(f">{ndim}I", header)
+            count = math.prod(dims)
+            if path.suffix != ".gz" and path.stat().st_size != 4 + 4 * ndim + count:
+                raise FormatError(f"{path} holds {path.stat().st_size - 4 - 4 * ndim} values but its header says "
+                                  f"{dims} (truncated?)")
+            raw = _read_at_most(f, count + 1)
+        if len(raw) != count:
+            raise FormatError(f"{path} holds {len(raw)}{'+' if len(raw) > count else ''} values but its header says "
+                              f"{dims} (truncated?)")
+        return np.frombuffer(raw, dtype=np.uint8).reshape(dims)
+
+
+def _read_at_most(f, limit: int, slice_bytes: int = 64 << 20) -> bytes:
+    """Up to `limit` bytes, read in slices: memory grows with what the file really holds."""
+    parts, total = [], 0
+    while total < limit:
+        part = f.read(min(slice_bytes, limit - total))
+        if not part:
+            break
+        parts.append(part)
+        total += len(part)
+    return b"".join(parts)
 
 
 def idx_reader(class_names: Sequence[str]) -> Callable[[Path, DatasetSpec], RawDataset]:

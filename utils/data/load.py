@@ -89,7 +89,7 @@ def _read_raw(spec: DatasetSpec, fmt: DiskFormat, path: Path, download: bool) ->
         raw = fmt.read(folder, spec)
     except FormatError as err:
         raise UserError(
-            f"{spec.name} in {path} is malformed or truncated: {err} "
+            f"{spec.name} in {path} is damaged (malformed or truncated): {err} "
             f"(expected {spec.expected_files}; replace the damaged files, or pass --data_path)"
         ) from err
     if len(raw.class_names) != spec.num_classes:
@@ -105,7 +105,8 @@ def _download(spec: DatasetSpec, fmt: DiskFormat, path: Path) -> Path | None:
     fix (network, disk, checksum), so all become the same one-line error."""
     get_logger().info("%s not found in %s; downloading it with torchvision", spec.name, path)
     previous_timeout = socket.getdefaulttimeout()
-    created = not path.exists()
+    made = [folder for folder in [path, *path.parents] if not folder.exists()]  # mkdir -p creates these
+    before = _folders_under(path)
     try:
         import torchvision
 
@@ -117,9 +118,11 @@ def _download(spec: DatasetSpec, fmt: DiskFormat, path: Path) -> Path | None:
         with reading(path):
             return fmt.find(path)
     except Exception as err:
-        if created:  # leave no empty data/<name> folder behind a failed download
+        # leave no empty folder behind a failed download: neither data/<name> (and data/) nor the
+        # <Name>/raw/ that torchvision makes inside an existing folder
+        for folder in sorted(_folders_under(path) - before, key=lambda f: len(f.parts), reverse=True) + made:
             with contextlib.suppress(OSError):
-                path.rmdir()
+                folder.rmdir()
         raise UserError(
             f"{spec.name} not found in {path} and downloading it failed ({one_line(err)}): expected "
             f"{spec.expected_files} (download it yourself, or pass --data_path)"
@@ -128,12 +131,21 @@ def _download(spec: DatasetSpec, fmt: DiskFormat, path: Path) -> Path | None:
         socket.setdefaulttimeout(previous_timeout)
 
 
+def _folders_under(path: Path) -> set[Path]:
+    """The folders below `path` (a data folder without the data set's files: small)."""
+    if not path.is_dir():
+        return set()
+    return {Path(root) / name for root, names, _ in os.walk(path) for name in names}
+
+
 def _check_split(split: RawSplit, spec: DatasetSpec, path: Path, split_name: str) -> None:
     where = f"{spec.name} in {path} ({split_name} split)"
     shape = (spec.channel, *spec.im_size)
     for chunk in split.chunks:
         if chunk.ndim != 4 or tuple(chunk.shape[1:]) != shape:
             raise UserError(f"{where}: images have shape {tuple(chunk.shape[1:])}, expected {shape}")
+        if chunk.dtype != np.uint8 and not np.isfinite(chunk).all():
+            raise UserError(f"{where}: images hold NaN or infinite values (a damaged or wrongly converted file)")
     count = sum(len(chunk) for chunk in split.chunks)
     if split.labels.ndim != 1 or len(split.labels) != count:
         raise UserError(f"{where}: {count} images but {split.labels.size} labels")

@@ -1,13 +1,17 @@
 """CIFAR10, CIFAR100 and downsampled ImageNet-32: pickled dicts of numpy arrays (rows of 3x32x32 bytes).
 
-Unpickling is restricted to numpy arrays and plain containers, so a hostile file cannot run code.
+Unpickling is restricted to numpy arrays (not of objects) and plain containers, so a hostile file cannot
+run code; and every length in the pickle stream is checked against the file's size before the unpickler
+allocates it, so a damaged file is a one-line error, never a MemoryError.
 ImageNet-32 labels are 1-based on disk and mapped to 0..999; whatever train_data_batch_<k> files exist
 are used, in batch-number order.
 """
 
 from __future__ import annotations
 
+import mmap
 import pickle
+import pickletools
 import re
 from collections.abc import Sequence
 from pathlib import Path
@@ -33,13 +37,41 @@ class _ArrayUnpickler(pickle.Unpickler):
         )
         if not allowed:
             raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not a data batch)")
-        return super().find_class(module, name)
+        found = super().find_class(module, name)
+        return _plain_dtype if name == "dtype" else found
+
+
+def _plain_dtype(*args, **kwargs) -> np.dtype:
+    """np.dtype, refusing object dtypes: an object array's size comes from the pickle's header alone (it
+    would be allocated before its items are read), and these batches never hold one."""
+    dtype = np.dtype(*args, **kwargs)
+    if dtype.hasobject:
+        raise pickle.UnpicklingError("refusing an array of Python objects (not a data batch)")
+    return dtype
+
+
+def _check_stream(stream, path: Path) -> None:
+    """Walk the pickle's opcodes without building anything: each length-prefixed argument is read from the
+    mapped file, so a length larger than what remains raises here instead of allocating it in the
+    unpickler. (protocol 4's FRAME only announces a size: checked against the file's.)"""
+    size = len(stream)
+    for opcode, arg, position in pickletools.genops(stream):
+        if opcode.name == "FRAME" and arg > size - position:
+            raise FormatError(f"{path}: a pickle frame of {arg} bytes at byte {position} runs past the end of the "
+                              "file")
+        if opcode.name == "STOP":
+            return
 
 
 def _load_pickle(path: Path) -> dict:
     with reading(path), open(path, "rb") as f:
-        # encoding="bytes": the CIFAR batches were written by python 2.
-        loaded = _ArrayUnpickler(f, encoding="bytes").load()
+        if path.stat().st_size == 0:
+            raise FormatError(f"{path} is empty")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as stream:
+            _check_stream(stream, path)
+            stream.seek(0)
+            # encoding="bytes": the CIFAR batches were written by python 2.
+            loaded = _ArrayUnpickler(stream, encoding="bytes").load()
         if not isinstance(loaded, dict):
             raise FormatError(f"{path} holds a {type(loaded).__name__}, expected a dict")
         return {_text(key): value for key, value in loaded.items()}

@@ -35,12 +35,16 @@ class FormatError(ValueError):
 @contextlib.contextmanager
 def reading(path: Path) -> Iterator[None]:
     """Turn any failure while parsing `path` into a FormatError naming it. User files can be damaged in
-    countless ways (truncated gzip, garbage pickle, wrong .mat version...), so anything but running out
-    of memory counts as a bad file here; it wraps only code that lists, opens or parses files."""
+    countless ways (truncated gzip, garbage pickle, wrong .mat version...); it wraps only code that lists,
+    opens or parses files. The readers bound what they allocate by what a file holds, so running out of
+    memory here means a header asked for more than the machine has: reported the same way."""
     try:
         yield
-    except (FormatError, MemoryError):
+    except FormatError:
         raise
+    except MemoryError:
+        raise FormatError(f"cannot read {path}: it asks for more memory than this machine has (a damaged "
+                          "header, or a file too large to load here)") from None
     except Exception as err:
         raise FormatError(f"cannot read {path}: {one_line(err)}") from err
 
