@@ -23,9 +23,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from kornia.geometry.transform import translate
 
 from utils.misc import UserError
+
+try:  # kornia is in requirements.txt; without it (e.g. a bare GPU image) the gather below gives the same values
+    from kornia.geometry.transform import translate
+except ImportError:  # pragma: no cover - depends on the environment
+    translate = None
 
 Params = dict[str, torch.Tensor]
 Augment = Callable[[torch.Tensor, torch.Generator], torch.Tensor]  # (images, generator) -> augmented images
@@ -225,7 +229,7 @@ def _translate(x: torch.Tensor, shift_h: torch.Tensor, shift_w: torch.Tensor) ->
     values and gradients of a gather), 1.1-1.5x as fast as our gather on CPU. Grey images: our gather, 2-3x
     as fast as kornia there (benchmarks/bench_kornia.py: kornia samples one grid for all channels, the
     gather reads each channel)."""
-    if x.shape[1] >= KORNIA_TRANSLATE_MIN_CHANNELS:
+    if translate is not None and x.shape[1] >= KORNIA_TRANSLATE_MIN_CHANNELS:
         moved = torch.stack([-shift_w, -shift_h], dim=1).to(x.dtype)  # kornia moves the content by +t
         return translate(x, moved, mode="nearest", padding_mode="zeros", align_corners=True)
     _, _, h, w = x.shape

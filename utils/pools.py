@@ -12,8 +12,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from kornia.color import rgb_to_grayscale
 from torch import nn
+
+try:  # kornia is in requirements.txt; the formula is ITU-R 601 luminance either way
+    from kornia.color import rgb_to_grayscale
+except ImportError:  # pragma: no cover - depends on the environment
+
+    def rgb_to_grayscale(x: torch.Tensor) -> torch.Tensor:
+        return (x * x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
 
 from networks import build_network, list_networks
 from networks.foundation import FoundationModelError, build_foundation_model, is_foundation_name
