@@ -108,6 +108,13 @@ def per_class_gradients(model: nn.Module, images: Tensor, labels: Tensor, create
         images = images.detach()
         if batched and compiled:
             return _compiled_real_gradients(model, images, labels, chunk_size)
+    if not batched and not create_graph and all(p.requires_grad for p in model.parameters()):
+        # Plain autograd on the module: on a CPU it measured ~1.3-2x faster than torch.func.grad for large
+        # real batches (README, *Benchmarks*); without a graph it sends nothing into the network.
+        weights = list(model.parameters())
+        per_class = [torch.autograd.grad(F.cross_entropy(model(images[c]), labels[c]), weights)
+                     for c in range(images.shape[0])]
+        return [torch.stack(grads) for grads in zip(*per_class)]
     if not batched:
         per_class = [grad(class_loss)(params, images[c], labels[c]) for c in range(images.shape[0])]
         return [torch.stack([g[name] for g in per_class]) for name in params]
