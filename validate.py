@@ -1,6 +1,6 @@
 """Evaluate a saved synthetic set: train fresh networks on it, test them on the real test set.
 
-    python validate.py --normalize_data --dataset CIFAR10 --model ConvNet --dsa --method DC --ipc 10 \
+    python validate.py --normalize_data --dataset CIFAR10 --model ConvNet --dsa --method DC --ipc 10 \\
         --synthesis_data_path condensed/.../res_DC_CIFAR10_ConvNet_10ipc.pt
 
 Reads data[0] of a res_*.pt (ours or the paper code's), logs test accuracy every --save_every epochs,

@@ -1,7 +1,7 @@
 """DC and DSA dataset distillation (gradient matching), optionally with the CLoM loss of pre-trained models.
 
-    python methods/DC_DSA_DM/main.py --method DC --dataset CIFAR10 --model ConvNet --ipc 10 \
-        --CLoM --CLoM_distance ce --models_pool ConvNet --alphas 1000 --model_num 1 --epoch 150 \
+    python methods/DC_DSA_DM/main.py --method DC --dataset CIFAR10 --model ConvNet --ipc 10 \\
+        --CLoM --CLoM_distance ce --models_pool ConvNet --alphas 1000 --model_num 1 --epoch 150 \\
         --source_dataset CIFAR10 --CLoM_batch_size 8196
 
 Writes condensed/<dataset>/<method>/IPC<ipc>/.../res_<method>_<dataset>_<model>_<ipc>ipc.pt, PNG grids, a log

@@ -1,6 +1,6 @@
 """DM dataset distillation (distribution matching), optionally with the CLoM loss of pre-trained models.
 
-    python methods/DC_DSA_DM/main_DM.py --dataset CIFAR10 --model ConvNet --ipc 50 \
+    python methods/DC_DSA_DM/main_DM.py --dataset CIFAR10 --model ConvNet --ipc 50 \\
         --CLoM --CLoM_distance cos --models_pool ConvNet --alphas 1000 --source_dataset CIFAR100
 
 Same flags as main.py; the paper's DM defaults: ipc 50, eval_mode SS, epoch_eval_train 1000, Iteration
