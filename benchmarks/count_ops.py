@@ -1,15 +1,16 @@
 """Kernel count of one DC iteration: aten operations per path, counted with the torch profiler on the CPU.
 
 On a GPU every aten operation is at least one kernel launch (~5-10 us each), so for the small steps of dataset
-distillation the count is a proxy for launch-bound GPU time. Counts do not depend on the batch size, so a
-small real batch keeps this quick:
+distillation the count is a proxy for launch-bound GPU time. The counts do not depend on the batch size, so a
+small real batch keeps this quick. One DC ipc-10 iteration = 10 outer steps (matching loss, backward, image
+step) + 9 inner loops of 50 training steps on the synthetic set; each part is counted once and multiplied.
 
     python benchmarks/count_ops.py                 # DC ipc 10, batch_real 8
-    python benchmarks/count_ops.py --ipc 1 --method DSA
+    python benchmarks/count_ops.py --method DSA
 
-Paths as in bench_distill.py: the paper's per-class loop, ours class-batched (vmap), ours one class at a time.
-The inner loop's training steps are counted too (eager; the compiled step replaces each with one graph replay
-on CUDA, counted separately as "compiled inner step" when --compiled is given).
+Paths: the paper's per-class loop (2C autograd.grad calls), ours class-batched (vmap), ours one class at a time
+(the CPU default). The inner step is counted eager; the compiled step replaces it on CUDA with one CUDA-graph
+replay (a single launch).
 """
 
 from __future__ import annotations
@@ -23,18 +24,18 @@ from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_distill import execution, make_iteration  # noqa: E402
+from benchmarks.bench_distill import make_step  # noqa: E402
+from methods.DC_DSA_DM.gradient_matching import MatchingExecution, get_loops  # noqa: E402
 from networks import build_network  # noqa: E402
+from utils.engine import Schedule, TensorSource, train_models  # noqa: E402
 from utils.misc import make_generator  # noqa: E402
 
 
-def count(fn) -> tuple[int, float]:
-    """(aten operations, GFLOP reported by the profiler) of one call."""
-    with profile(activities=[ProfilerActivity.CPU], with_flops=True) as prof:
+def count(fn) -> int:
+    """aten operations (top-level and nested) of one call."""
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
         fn()
-    events = [e for e in prof.events() if e.name.startswith("aten::")]
-    flops = sum(e.flops or 0 for e in events)
-    return len(events), flops / 1e9
+    return sum(1 for e in prof.events() if e.name.startswith("aten::"))
 
 
 def main() -> None:
@@ -49,12 +50,24 @@ def main() -> None:
     gen = make_generator(1)
     real = torch.randn(10, args.batch_real, 3, 32, 32, generator=gen)
     syn = torch.randn(10, args.ipc, 3, 32, 32, generator=gen, requires_grad=True)
-    print(f"{args.method} ipc {args.ipc}, one iteration, ConvNet 3x32x32, 10 classes; top-level and nested aten ops")
-    for path, how in (("paper loop", "loop"), ("ours, class-batched", "batched")):
-        iteration = make_iteration(args.method, execution(how, device), model, real, syn, device)
-        iteration()  # warm-up
-        ops, gflop = count(iteration)
-        print(f"| {path:22s} | {ops:8d} aten ops | {gflop:8.2f} GFLOP counted |")
+    outer, inner = get_loops(args.ipc)
+    labels = torch.arange(10).repeat_interleave(args.ipc)
+    schedule = Schedule(epochs=1, batch_size=256, lr=0.01, momentum=0.0, weight_decay=0.0)
+    inner_step = count(lambda: train_models([model], TensorSource(syn.detach().flatten(0, 1), labels, 10), schedule,
+                                            [make_generator(0)]))
+    print(f"{args.method} ipc {args.ipc}: {outer} outer steps + {outer - 1} x {inner} inner steps; ConvNet 3x32x32, "
+          f"10 classes; aten ops, top-level and nested; one inner step: {inner_step}")
+    for name, how in (("paper loop", None), ("ours, class-batched", MatchingExecution(batched=True)),
+                      ("ours, one class at a time", MatchingExecution(batched=False))):
+        step = make_step(args.method, how, model, real, syn, device)
+        step()  # warm-up
+        per_step = count(step)
+        total = outer * per_step + (outer - 1) * inner * inner_step
+        print(f"| {name:26s} | outer step {per_step:7d} | iteration {total:9d} |")
+        if how is not None and how.batched:
+            # The CUDA default replays each inner step as one CUDA graph (one launch instead of inner_step ops).
+            graphed = outer * per_step + (outer - 1) * inner
+            print(f"| {'  + CUDA-graph inner step':26s} | outer step {per_step:7d} | iteration {graphed:9d} |")
 
 
 if __name__ == "__main__":
