@@ -114,7 +114,8 @@ def run(args) -> None:
         subprocess.run([sys.executable, str(ROOT / "validate.py"), "--dataset", *dataset, *data_path, "--model",
                         "ConvNet", "--normalize_data", "--dsa", "--epochs", "300", "--save_every", "300",
                         "--lr_decay_step", "150", "--num_eval", str(args.num_eval), "--random_seed", "0", "--gpu",
-                        args.gpu, *(["--eager"] if args.eager_eval else []), "--synthesis_data_path",
+                        args.gpu, *(["--eager"] if args.eager_eval else []), *args.eval_extra.split(),
+                        "--synthesis_data_path",
                         str(synthetic_set), "--result_json", str(args.out / f"{name}.validate.json")],
                        check=True, stdout=subprocess.DEVNULL)
         final = json.loads((args.out / f"{name}.validate.json").read_text())["final"]
@@ -154,6 +155,7 @@ def main() -> None:
     parser.add_argument("--prepare_only", action="store_true", help="only write the CIFAR-format copy")
     parser.add_argument("--distill_extra", default="", help="more flags for the distillation command")
     parser.add_argument("--eager_eval", action="store_true", help="validate.py --eager (no compiling)")
+    parser.add_argument("--eval_extra", default="", help="more flags for validate.py (e.g. --precision bf16)")
     parser.add_argument("--summarize", type=Path, nargs="+")
     args = parser.parse_args()
     if args.summarize:
