@@ -7,7 +7,8 @@ random data (10 classes, 3x32x32) with a fresh ConvNet; drawing the real batch i
            calls with a shared seed, distribution_matching_loss_loop (2C embed calls), eager inner loop.
 - batched: ours, all classes in one vmap(grad) call / one embed call, eager.
 - default: ours as the scripts run it on this device (utils/runtime.py): on CUDA class-batched with the
-           compiled real side and compiled inner-loop step (CUDA graphs); on a CPU one class at a time.
+           compiled real side and compiled inner-loop step (CUDA graphs), and DM's loss compiled; on a CPU
+           one class at a time, eager.
 
 Paths alternate, the median over --repeats is printed, plus |loss difference| / |loss| between loop and default
 (DSA's paths draw different augmentations, so it is left out). The first call of a compiled path compiles
@@ -100,7 +101,8 @@ def make_step(method: str, how: MatchingExecution | None, model, real, syn, devi
         syn.grad = None
         r, s = real, syn
         if method == "DM":
-            loss = (distribution_matching_loss if how else distribution_matching_loss_loop)(model, r, s)
+            loss = (distribution_matching_loss(model, r, s, how.compiled) if how
+                    else distribution_matching_loss_loop(model, r, s))
         else:
             if method == "DSA":
                 r, s = (siamese_augment(r, s, DEFAULT_DSA_STRATEGY, generator) if how

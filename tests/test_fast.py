@@ -11,6 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from methods.DC_DSA_DM.distribution_matching import distribution_matching_loss
 from methods.DC_DSA_DM.gradient_matching import MatchingExecution, execution_for, gradient_matching_loss
 from utils import fast
 from utils.engine import EpochHook, Schedule, TensorSource, build_seeded_network, train_models
@@ -103,3 +104,27 @@ def test_fast_paths_and_precision_are_chosen_per_device():
     with pytest.raises(ValueError):
         make_runtime(torch.device("cpu"), precision="fp8")
     assert Runtime(torch.device("cpu"), precision="bf16").autocast() is not None
+
+
+def test_compiled_dm_loss_equals_the_eager_one_across_fresh_networks(monkeypatch):
+    """DM's compiled loss (traced with aot_eager) gives the eager loss and image gradients (atol 1e-5) for each
+    iteration's fresh network, from one compiled function; BatchNorm networks stay eager."""
+    monkeypatch.setattr(fast, "_COMPILED", {})
+    monkeypatch.setattr(fast, "_BROKEN", [])
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: compile_(fn, backend="aot_eager", dynamic=False))
+    real = torch.randn(3, 6, 1, 8, 8, generator=make_generator(0))
+    for seed in (0, 1):
+        model = build_seeded_network("ConvNetW32", 1, 3, (8, 8), seed).requires_grad_(False)
+        results = []
+        for compiled in (False, True):
+            syn = torch.randn(3, 2, 1, 8, 8, generator=make_generator(1), requires_grad=True)
+            loss = distribution_matching_loss(model, real, syn, compiled)
+            loss.backward()
+            results.append((loss.detach(), syn.grad))
+        assert not fast._BROKEN, fast._BROKEN
+        torch.testing.assert_close(results[1], results[0], atol=1e-5, rtol=1e-5)
+    assert [key[0] for key in fast._COMPILED] == ["dm_loss"]
+    bn_model = build_seeded_network("ConvNetBN", 1, 3, (8, 8), 0).requires_grad_(False)
+    distribution_matching_loss(bn_model, real, torch.randn(3, 2, 1, 8, 8), compiled=True)
+    assert len(fast._COMPILED) == 1

@@ -152,7 +152,7 @@ def method_iteration(cfg: DistillConfig, res: Resources, image_syn: Tensor, step
     classes = slice(mine[0], mine[-1] + 1) if mine else slice(0, 0)
     sample_real = res.data.train.sample_per_class
     if cfg.method == "DM":
-        settings = DMSettings(cfg.batch_real, cfg.augmentation, classes, res.dist.world)
+        settings = DMSettings(cfg.batch_real, cfg.augmentation, classes, res.dist.world, res.runtime.fast)
         return distribution_matching_iteration(make_network, sample_real, image_syn, generator, step_images,
                                                settings)
     settings = MatchingSettings(cfg.ipc, cfg.batch_real, cfg.batch_train, cfg.lr_net, cfg.dis_metric,

@@ -14,24 +14,63 @@ for BN models. Memory: the real side stores no activations; the synthetic side k
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
+from torch.func import functional_call
 
 from methods.DC_DSA_DM.synset import RealSampler, per_class
 from networks import has_batchnorm
 from utils.augment import siamese_augment
+from utils.fast import cached_compile, model_key, run_or_fall_back
 
 
-def distribution_matching_loss(model: nn.Module, real: Tensor, syn: Tensor) -> Tensor:
-    """real (C, n, ch, H, W), syn (C, ipc, ch, H, W) -> scalar; differentiable w.r.t. syn."""
+def distribution_matching_loss(model: nn.Module, real: Tensor, syn: Tensor, compiled: bool = False) -> Tensor:
+    """real (C, n, ch, H, W), syn (C, ipc, ch, H, W) -> scalar; differentiable w.r.t. syn. compiled=True runs
+    it through torch.compile (utils/fast.py), which fuses each layer's norm, activation and pooling; BatchNorm
+    networks stay eager (their train-mode forward updates running statistics)."""
+    if compiled and not has_batchnorm(model):
+        return _compiled_loss(model, real, syn)
+    return _class_means_distance(model.embed, real, syn)
+
+
+def _class_means_distance(embed: Callable[[Tensor], Tensor], real: Tensor, syn: Tensor) -> Tensor:
     C, n, ipc = real.shape[0], real.shape[1], syn.shape[1]
     with torch.no_grad():
-        mean_real = model.embed(real.flatten(0, 1)).reshape(C, n, -1).mean(1)
-    mean_syn = model.embed(syn.flatten(0, 1)).reshape(C, ipc, -1).mean(1)
+        mean_real = embed(real.flatten(0, 1)).reshape(C, n, -1).mean(1)
+    mean_syn = embed(syn.flatten(0, 1)).reshape(C, ipc, -1).mean(1)
     return (mean_real - mean_syn).pow(2).sum()
+
+
+class _Embedding(nn.Module):
+    """net.embed as a module's forward, so that functional_call can run it with given weights."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net.embed(x)
+
+
+def _compiled_loss(model: nn.Module, real: Tensor, syn: Tensor) -> Tensor:
+    """The loss as one compiled function of (weights, real, syn), built once per architecture and reused by
+    every iteration's fresh network; its backward (to syn) is compiled too."""
+    weights = {f"net.{name}": value for name, value in [*model.named_parameters(), *model.named_buffers()]}
+
+    def build():
+        embedding = _Embedding(copy.deepcopy(model).to("meta"))
+        return lambda w, r, s: _class_means_distance(lambda x: functional_call(embedding, w, (x,)), r, s)
+
+    def eager(w, r, s):
+        return _class_means_distance(model.embed, r, s)
+
+    key = ("dm_loss", *model_key(model), str(real.device))
+    compiled = cached_compile(key, build, real.device, mode="default")  # no CUDA graph: large batches
+    return run_or_fall_back(compiled, eager, weights, real, syn)
 
 
 @dataclass(frozen=True)
@@ -40,6 +79,7 @@ class DMSettings:
     augmentation: str | None  # DSA strategy (Siamese on real and synthetic images), None: none
     classes: slice  # the classes whose loss this process computes (all of them in one process)
     world: int = 1  # processes sharing the classes (torchrun)
+    compiled: bool = False  # the loss through torch.compile (on CUDA by default: Runtime.fast)
 
 
 def distribution_matching_iteration(make_network: Callable[[], nn.Module], sample_real: RealSampler,
@@ -56,9 +96,9 @@ def distribution_matching_iteration(make_network: Callable[[], nn.Module], sampl
         real, syn = siamese_augment(real, syn, settings.augmentation, generator)
     mine = settings.classes
     if has_batchnorm(net):  # BN statistics mix the classes: every process computes the whole loss, scaled
-        loss = distribution_matching_loss(net, real, syn) / settings.world
+        loss = distribution_matching_loss(net, real, syn, settings.compiled) / settings.world
     elif mine.stop > mine.start:
-        loss = distribution_matching_loss(net, real[mine], syn[mine])
+        loss = distribution_matching_loss(net, real[mine], syn[mine], settings.compiled)
     else:
         loss = image_syn.new_zeros(())
     return step_images(loss) / num_classes
