@@ -128,3 +128,19 @@ def test_compiled_dm_loss_equals_the_eager_one_across_fresh_networks(monkeypatch
     bn_model = build_seeded_network("ConvNetBN", 1, 3, (8, 8), 0).requires_grad_(False)
     distribution_matching_loss(bn_model, real, torch.randn(3, 2, 1, 8, 8), compiled=True)
     assert len(fast._COMPILED) == 1
+
+
+def test_bf16_training_inside_one_autocast_region_learns_like_fp32():
+    """The scripts enter Runtime.autocast() once per run: SGD steps inside it must see the updated weights
+    (with autocast's weight cache the forward kept the first bfloat16 copies and the loss stayed at ln 10)."""
+    y = torch.arange(10).repeat_interleave(10)
+    source = TensorSource(torch.randn(100, 1, 8, 8, generator=make_generator(0)) + 0.3 * y.view(-1, 1, 1, 1), y, 10)
+    schedule = Schedule(epochs=30, batch_size=256, lr=0.01, momentum=0.9, weight_decay=5e-4)
+    losses = {}
+    for precision in ("fp32", "bf16"):
+        model = build_seeded_network("ConvNetW32", 1, 10, (8, 8), 0)
+        with Runtime(torch.device("cpu"), precision=precision).autocast():
+            train_models([model], source, schedule, [make_generator(1)])
+        with torch.no_grad():
+            losses[precision] = float(torch.nn.functional.cross_entropy(model(source.images()), y))
+    assert losses["fp32"] < 2.0 and abs(losses["bf16"] - losses["fp32"]) < 0.2, losses

@@ -27,9 +27,11 @@ class Runtime:
     precision: str = "fp32"
 
     def autocast(self) -> contextlib.AbstractContextManager:
-        """bfloat16 autocast for precision bf16, else nothing."""
+        """bfloat16 autocast for precision bf16, else nothing. The scripts wrap a whole run in it, so its cache
+        of casted weights is off: with it on, a weight trained in place inside the region kept its first
+        bfloat16 copy, and the networks never learned."""
         if self.precision == "bf16":
-            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, cache_enabled=False)
         return contextlib.nullcontext()
 
 
