@@ -131,6 +131,10 @@ def _train_and_report(args, runtime, seed, synthetic, content, data, milestones,
     for k, (final, best, epoch) in enumerate(zip(result.final, result.best, result.best_epoch)):
         logger.info("network %d: final test acc %.4f | max over %d test evaluations %.4f at epoch %d", k, final,
                     tests, best, epoch)
+    for k, epoch in result.divergences():
+        logger.warning("network %d diverged: its weights were NaN/inf at the test after epoch %d, so its accuracy "
+                       "(%.4f) says nothing about the set; validate again with a smaller --lr", k, epoch,
+                       result.final[k])
     logger.info("%s on %s (%d networks): final test acc %s | max over %d test evaluations %s (optimistic: "
                 "chosen on the test set; report the final one)", args.model, Path(args.synthesis_data_path).name,
                 args.num_eval, mean_std(result.final), tests, mean_std(result.best))
@@ -141,7 +145,8 @@ def _train_and_report(args, runtime, seed, synthetic, content, data, milestones,
                   "weight_decay": args.weight_decay, "lr_decay_step": milestones, "dsa": args.dsa,
                   "dsa_strategy": args.dsa_strategy if args.dsa else None, "normalize_data": args.normalize_data,
                   "num_eval": args.num_eval, "final": result.final, "best": result.best,
-                  "best_epoch": result.best_epoch, "test_every": args.save_every, "test_evaluations": tests,
+                  "best_epoch": result.best_epoch, "diverged_at_epoch": result.diverged,
+                  "test_every": args.save_every, "test_evaluations": tests,
                   "best_is": "the maximum over the test evaluations (optimistic); 'final' is the headline number",
                   "wall_time_s": round(time.time() - start, 2), "settings_of_the_set": content.get("config"),
                   "seed_of_the_set": content.get("seed"), "args": vars(args), "command": sys.argv}

@@ -109,6 +109,20 @@ def test_validate_real_subset(workdir, capsys, paper_format):
     assert record["seed"] == 0 and record["dataset"] == "Digits" and record["model"] == "ConvNetW32"
 
 
+def test_validate_names_a_diverged_network(workdir, capsys):
+    """A learning rate that sends the weights to NaN: the network's chance-level accuracy is flagged in the
+    log and the report instead of passing as a property of the set; a sane rate flags nothing."""
+    path = _real_subset_file(workdir / "res.pt", paper_format=False)
+    base = ["--dataset", "Digits", "--model", "ConvNetW32", "--synthesis_data_path", str(path), "--epochs", "4",
+            "--num_eval", "2", "--random_seed", "0"]
+    assert run_cli(validate.main, [*base, "--lr", "1e30", "--result_json", "big.json"]) == 0
+    assert run_cli(validate.main, [*base, "--result_json", "sane.json"]) == 0
+    assert json.loads((workdir / "big.json").read_text())["diverged_at_epoch"] == [4, 4]
+    assert json.loads((workdir / "sane.json").read_text())["diverged_at_epoch"] == [None, None]
+    log = (workdir / "validate_ConvNetW32.log").read_text()
+    assert "network 0 diverged" in log and "smaller --lr" in log and log.count("diverged:") == 2
+
+
 def test_validate_without_normalization_maps_the_set_to_pixel_space(workdir):
     # One real subset saved three ways: normalized (a synthetic set's default), already in pixel space
     # ("normalized": False), and normalized but labelled as pixels. Without --normalize_data validate must

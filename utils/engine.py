@@ -13,7 +13,7 @@ from __future__ import annotations
 import copy
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import torch
@@ -291,6 +291,11 @@ class EvalResult:
     best: list[float]
     best_epoch: list[int]
     best_states: list[dict] | None = None
+    diverged: list[int | None] = field(default_factory=list)  # first tested epoch with NaN/inf weights, or None
+
+    def divergences(self) -> list[tuple[int, int]]:
+        """(network, epoch) of every network whose weights turned NaN/inf: its accuracy is a broken network's."""
+        return [(k, epoch) for k, epoch in enumerate(self.diverged) if epoch is not None]
 
 
 @dataclass(frozen=True)
@@ -319,10 +324,13 @@ def train_and_test(network: NetworkSpec, seeds: Sequence[int], train_source: Ima
     best_epoch = [0] * len(mine)
     best_states: list = [None] * len(mine)
     final = [0.0] * len(mine)
+    diverged: list[int | None] = [None] * len(mine)
 
     def test(epoch: int, ids: list[int], trained) -> None:
         for slot, model, acc in zip(ids, trained, evaluate_models(trained, test_source)):
             final[slot] = acc
+            if diverged[slot] is None and not all(torch.isfinite(p).all() for p in model.parameters()):
+                diverged[slot] = epoch  # its accuracy is that of a broken network, not of the training set
             if acc > best[slot]:
                 best[slot], best_epoch[slot] = acc, epoch
                 if keep_best_states:
@@ -334,12 +342,13 @@ def train_and_test(network: NetworkSpec, seeds: Sequence[int], train_source: Ima
                      desc=f"train {network.name}")
         if schedule.epochs == 0:
             test(0, list(range(len(models))), models)
-    parts = gather_objects(dist, (final, best, best_epoch, best_states if keep_best_states else None))
+    parts = gather_objects(dist, (final, best, best_epoch, best_states if keep_best_states else None, diverged))
     result = EvalResult([], [], [], [] if keep_best_states else None)
-    for part_final, part_best, part_epoch, part_states in parts:
+    for part_final, part_best, part_epoch, part_states, part_diverged in parts:
         result.final += part_final
         result.best += part_best
         result.best_epoch += part_epoch
+        result.diverged += part_diverged
         if keep_best_states:
             result.best_states += part_states
     return result

@@ -194,8 +194,12 @@ def evaluate(cfg: DistillConfig, res: Resources, images: Tensor, labels: Tensor,
         if seeds:
             network = NetworkSpec(model_eval, spec.channel, spec.num_classes, spec.im_size)
             schedule = paper_eval_schedule(epochs, cfg.lr_net, cfg.batch_train, augment)
-            accs = train_and_test(network, seeds, TensorSource(images, labels, spec.num_classes), res.data.test,
-                                  schedule, runtime=res.runtime).final
+            result = train_and_test(network, seeds, TensorSource(images, labels, spec.num_classes), res.data.test,
+                                    schedule, runtime=res.runtime)
+            accs = result.final
+            for k, epoch in result.divergences():
+                get_logger().warning("%s: evaluation network %d (%s) diverged: NaN/inf weights by epoch %d, its "
+                                     "accuracy %.4f says nothing about the set", label, k, model_eval, epoch, accs[k])
             get_logger().info("%s: %d random %s (%d epochs): test acc mean %.4f std %.4f", label, len(accs),
                               model_eval, epochs, np.mean(accs), np.std(accs))
         results[model_eval] = [float(a) for a in accs]
