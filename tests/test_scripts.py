@@ -15,6 +15,7 @@ import train_original_models
 import validate
 from utils.cli import run_cli
 from utils.data import get_dataset_spec, load_dataset
+from utils.results import summarize
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -115,12 +116,16 @@ def test_validate_names_a_diverged_network(workdir, capsys):
     path = _real_subset_file(workdir / "res.pt", paper_format=False)
     base = ["--dataset", "Digits", "--model", "ConvNetW32", "--synthesis_data_path", str(path), "--epochs", "4",
             "--num_eval", "2", "--random_seed", "0"]
-    assert run_cli(validate.main, [*base, "--lr", "1e30", "--result_json", "big.json"]) == 0
-    assert run_cli(validate.main, [*base, "--result_json", "sane.json"]) == 0
-    assert json.loads((workdir / "big.json").read_text())["diverged_at_epoch"] == [4, 4]
-    assert json.loads((workdir / "sane.json").read_text())["diverged_at_epoch"] == [None, None]
+    assert run_cli(validate.main, [*base, "--lr", "1e30", "--result_json", "validate_big.json"]) == 0
+    assert run_cli(validate.main, [*base, "--result_json", "validate_sane.json"]) == 0
+    assert json.loads((workdir / "validate_big.json").read_text())["diverged_at_epoch"] == [4, 4]
+    assert json.loads((workdir / "validate_sane.json").read_text())["diverged_at_epoch"] == [None, None]
     log = (workdir / "validate_ConvNetW32.log").read_text()
     assert "network 0 diverged" in log and "smaller --lr" in log and log.count("diverged:") == 2
+    warnings = []
+    summarize([workdir], warn=warnings.append)
+    assert warnings == [f"{workdir / 'validate_big.json'}: 2 of 2 evaluation networks diverged (NaN/inf "
+                        "weights); their chance-level accuracies are in the table"]
 
 
 def test_validate_without_normalization_maps_the_set_to_pixel_space(workdir):

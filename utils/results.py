@@ -62,6 +62,7 @@ class Record:
     wall_time_s: float | None
     experiments: int  # synthetic sets the file holds (validate: the one it evaluated)
     networks: int  # evaluation networks per experiment and model (0: not evaluated)
+    diverged: int = 0  # evaluation networks whose weights turned NaN/inf (validate reports)
 
     def key(self) -> tuple:
         """What makes two records one row: the kind and every setting but the seed-like ones."""
@@ -139,6 +140,9 @@ def read_records(files: Iterable[Path], warn) -> list[Record]:
     for path in files:
         try:
             records.append(read_record(path))
+            if records[-1].diverged:
+                warn(f"{path}: {records[-1].diverged} of {records[-1].networks} evaluation networks diverged "
+                     "(NaN/inf weights); their chance-level accuracies are in the table")
         except UserError as err:  # its message, less the path the warning already names, on one short line
             reason = " ".join(str(err).replace(f" {path}", "").replace(str(path), "it").split())
             warn(f"skipping {path}: {reason if len(reason) <= 150 else reason[:147] + '...'}")
@@ -203,8 +207,10 @@ def _validate_record(path: Path) -> Record:
     seed = report.get("seed")
     wall = report.get("wall_time_s")
     accs = {str(report["model"]): [[float(a) for a in report["final"]]]}
+    diverged = report.get("diverged_at_epoch")
+    diverged = sum(epoch is not None for epoch in diverged) if isinstance(diverged, list) else 0
     return Record(str(path), VALIDATE, settings, None if seed is None else int(seed), accs,
-                  None if wall is None else float(wall), 1, len(report["final"]))
+                  None if wall is None else float(wall), 1, len(report["final"]), diverged)
 
 
 def flatten_config(config: dict) -> dict[str, Any]:
