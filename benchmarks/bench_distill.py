@@ -51,7 +51,7 @@ from networks import build_network  # noqa: E402
 from utils.augment import DEFAULT_DSA_STRATEGY, DISTILLATION_DSA, dsa_augment, dsa_augmenter, siamese_augment  # noqa: E402
 from utils.engine import Schedule, TensorSource, train_models  # noqa: E402
 from utils.misc import make_generator  # noqa: E402
-from utils.runtime import make_runtime  # noqa: E402
+from utils.runtime import PRECISIONS, make_runtime  # noqa: E402
 
 PATHS = ("loop", "batched", "default")
 
@@ -72,6 +72,8 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cases", default=",".join(CASES), help=f"subset of {','.join(CASES)}")
     parser.add_argument("--scope", choices=("step", "iteration"), default="step",
                         help="time one outer step (default) or one whole distillation iteration")
+    parser.add_argument("--precision", choices=PRECISIONS, default=None,
+                        help="as the scripts' --precision (default: the device's, utils/runtime.py)")
     return parser
 
 
@@ -85,11 +87,11 @@ def dsa_loop(real, syn, generator):
     return torch.stack(out_real), torch.stack(out_syn)
 
 
-def execution(path: str, device) -> MatchingExecution | None:
+def execution(path: str, runtime) -> MatchingExecution | None:
     """None for the paper's loop."""
     if path == "loop":
         return None
-    return MatchingExecution(batched=True) if path == "batched" else execution_for(make_runtime(device))
+    return MatchingExecution(batched=True) if path == "batched" else execution_for(runtime)
 
 
 def make_step(method: str, how: MatchingExecution | None, model, real, syn, device):
@@ -154,9 +156,10 @@ def timed(step, device) -> tuple[float, torch.Tensor]:
     return time.perf_counter() - start, loss
 
 
-def run_case(name: str, device, batch_real: int, repeats: int, warmup: int, model_name: str,
+def run_case(name: str, runtime, batch_real: int, repeats: int, warmup: int, model_name: str,
              scope: str = "step") -> str:
     method, ipc = CASES[name]
+    device = runtime.device
     torch.manual_seed(0)
     model = build_network(model_name, SHAPE[0], NUM_CLASSES, SHAPE[1:]).to(device)
     if method == "DM":
@@ -166,7 +169,7 @@ def run_case(name: str, device, batch_real: int, repeats: int, warmup: int, mode
     real = torch.randn(NUM_CLASSES, batch_real, *SHAPE, generator=gen, device=device)
     syn = torch.randn(NUM_CLASSES, ipc, *SHAPE, generator=gen, device=device, requires_grad=True)
     make = make_step if scope == "step" else make_iteration
-    steps = {path: make(method, execution(path, device), model, real, syn, device) for path in PATHS}
+    steps = {path: make(method, execution(path, runtime), model, real, syn, device) for path in PATHS}
     times, losses = {path: [] for path in PATHS}, {}
     for i in range(warmup + repeats):
         for path, step in steps.items():  # alternate, so load changes hit every path alike
@@ -199,11 +202,15 @@ def main(argv=None) -> None:
     print("| meth| ipc | dev  | real | loop s    | batched s | default s | loop/bat | loop/def | rel.diff |")
     print("|-----|-----|------|------|-----------|-----------|-----------|----------|----------|----------|")
     for device in map(torch.device, devices):
+        runtime = make_runtime(device, precision=args.precision)
         if device.type == "cuda" and torch.cuda.is_available():
             torch.backends.cudnn.benchmark = True  # as distill.run does on CUDA
-            print(f"<!-- {torch.cuda.get_device_name(device)}, cuDNN autotuning on -->")
+            print(f"<!-- {torch.cuda.get_device_name(device)}, cuDNN autotuning on, precision {runtime.precision} "
+                  "-->")
         for name in cases:
-            print(run_case(name, device, batch_real, repeats, args.warmup, args.model, args.scope), flush=True)
+            with runtime.autocast():  # every path under the same precision
+                line = run_case(name, runtime, batch_real, repeats, args.warmup, args.model, args.scope)
+            print(line, flush=True)
 
 
 if __name__ == "__main__":

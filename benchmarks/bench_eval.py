@@ -32,7 +32,7 @@ from utils.engine import (  # noqa: E402
     train_models,
 )
 from utils.misc import make_generator  # noqa: E402
-from utils.runtime import make_runtime  # noqa: E402
+from utils.runtime import PRECISIONS, make_runtime  # noqa: E402
 
 PATHS = {"one by one": dict(stack=False, compiled=False), "stacked": dict(stack=True, compiled=False)}
 
@@ -57,9 +57,10 @@ def main() -> None:
     parser.add_argument("--nets", type=int, default=5)
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--ipc", type=int, default=10)
+    parser.add_argument("--precision", choices=PRECISIONS, default=None, help="as validate.py's --precision")
     args = parser.parse_args()
     device = torch.device(args.device)
-    runtime = make_runtime(device)
+    runtime = make_runtime(device, precision=args.precision)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     gen = torch.Generator().manual_seed(0)
@@ -70,8 +71,9 @@ def main() -> None:
     paths = {**PATHS, "default": dict(stack=None, compiled=runtime.fast)}
     seconds = {}
     for name, path in paths.items():
-        run(path, args, train, test, device, epochs=1)  # warm-up: allocator, cuDNN autotuning, compiling
-        seconds[name] = run(path, args, train, test, device, args.epochs)
+        with runtime.autocast():
+            run(path, args, train, test, device, epochs=1)  # warm-up: allocator, cuDNN autotuning, compiling
+            seconds[name] = run(path, args, train, test, device, args.epochs)
     print(f"device {device} | {args.nets} ConvNets x {args.epochs} epochs with DSA on {n} images 3x32x32 | "
           f"precision {runtime.precision} | threads {torch.get_num_threads()}")
     base = seconds["one by one"]
