@@ -45,6 +45,11 @@ def _class_means_distance(embed: Callable[[Tensor], Tensor], real: Tensor, syn: 
     return (mean_real - mean_syn).pow(2).sum()
 
 
+# torch.compile mode of the loss: "default" (fused kernels) or "reduce-overhead" (also a CUDA-graph replay);
+# benchmarks/bench_dm_modes.py times both on a GPU.
+COMPILE_MODE = "default"
+
+
 class _Embedding(nn.Module):
     """net.embed as a module's forward, so that functional_call can run it with given weights."""
 
@@ -68,8 +73,8 @@ def _compiled_loss(model: nn.Module, real: Tensor, syn: Tensor) -> Tensor:
     def eager(w, r, s):
         return _class_means_distance(model.embed, r, s)
 
-    key = ("dm_loss", *model_key(model), str(real.device))
-    compiled = cached_compile(key, build, real.device, mode="default")  # no CUDA graph: large batches
+    key = ("dm_loss", *model_key(model), str(real.device), COMPILE_MODE)
+    compiled = cached_compile(key, build, real.device, mode=COMPILE_MODE)
     return run_or_fall_back(compiled, eager, weights, real, syn)
 
 
