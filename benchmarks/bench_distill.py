@@ -103,7 +103,7 @@ def make_step(method: str, how: MatchingExecution | None, model, real, syn, devi
         syn.grad = None
         r, s = real, syn
         if method == "DM":
-            loss = (distribution_matching_loss(model, r, s, how.compiled) if how
+            loss = (distribution_matching_loss(model, r, s, how.compiled, how.batched) if how
                     else distribution_matching_loss_loop(model, r, s))
         else:
             if method == "DSA":

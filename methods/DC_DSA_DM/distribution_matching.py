@@ -28,21 +28,40 @@ from utils.augment import siamese_augment
 from utils.fast import cached_compile, model_key, run_or_fall_back
 
 
-def distribution_matching_loss(model: nn.Module, real: Tensor, syn: Tensor, compiled: bool = False) -> Tensor:
-    """real (C, n, ch, H, W), syn (C, ipc, ch, H, W) -> scalar; differentiable w.r.t. syn. compiled=True runs
-    it through torch.compile (utils/fast.py), which fuses each layer's norm, activation and pooling; BatchNorm
-    networks stay eager (their train-mode forward updates running statistics)."""
-    if compiled and not has_batchnorm(model):
+def distribution_matching_loss(model: nn.Module, real: Tensor, syn: Tensor, compiled: bool = False,
+                               batched: bool = True) -> Tensor:
+    """real (C, n, ch, H, W), syn (C, ipc, ch, H, W) -> scalar; differentiable w.r.t. syn.
+
+    batched=False embeds one class at a time (the same values: each image's embedding does not depend on the
+    others); on a CPU its smaller working set measured faster (README, *Benchmarks*). compiled=True runs the
+    batched loss through torch.compile (utils/fast.py), which fuses each layer's norm, activation and pooling.
+    BatchNorm networks always take the eager batched path (their train-mode statistics span all classes, as in
+    the paper's DM code, and their forward updates running statistics)."""
+    if has_batchnorm(model):
+        return _class_means_distance(model.embed, real, syn)
+    if compiled:
         return _compiled_loss(model, real, syn)
-    return _class_means_distance(model.embed, real, syn)
+    return _class_means_distance(model.embed, real, syn, per_class=not batched)
 
 
-def _class_means_distance(embed: Callable[[Tensor], Tensor], real: Tensor, syn: Tensor) -> Tensor:
-    C, n, ipc = real.shape[0], real.shape[1], syn.shape[1]
+def _class_means_distance(embed: Callable[[Tensor], Tensor], real: Tensor, syn: Tensor,
+                          per_class: bool = False) -> Tensor:
     with torch.no_grad():
-        mean_real = embed(real.flatten(0, 1)).reshape(C, n, -1).mean(1)
-    mean_syn = embed(syn.flatten(0, 1)).reshape(C, ipc, -1).mean(1)
-    return (mean_real - mean_syn).pow(2).sum()
+        mean_real = _class_means(embed, real, per_class)
+    return (mean_real - _class_means(embed, syn, per_class)).pow(2).sum()
+
+
+def _class_means(embed: Callable[[Tensor], Tensor], images: Tensor, per_class: bool) -> Tensor:
+    """(C, n, ...) images -> (C, features) mean embedding per class."""
+    if per_class:
+        return torch.stack([embed(images[c]).mean(0) for c in range(images.shape[0])])
+    C, n = images.shape[:2]
+    return embed(images.flatten(0, 1)).reshape(C, n, -1).mean(1)
+
+
+def batched_on(device: torch.device) -> bool:
+    """All classes in one embed call on CUDA (it fills the GPU); one class at a time on a CPU (measured faster)."""
+    return device.type == "cuda"
 
 
 # torch.compile mode of the loss: "default" (fused kernels) or "reduce-overhead" (also a CUDA-graph replay).
@@ -86,6 +105,7 @@ class DMSettings:
     classes: slice  # the classes whose loss this process computes (all of them in one process)
     world: int = 1  # processes sharing the classes (torchrun)
     compiled: bool = False  # the loss through torch.compile (on CUDA by default: Runtime.fast)
+    batched: bool = True  # all classes in one embed call (CUDA); False: one class at a time (CPU): batched_on
 
 
 def distribution_matching_iteration(make_network: Callable[[], nn.Module], sample_real: RealSampler,
@@ -102,9 +122,9 @@ def distribution_matching_iteration(make_network: Callable[[], nn.Module], sampl
         real, syn = siamese_augment(real, syn, settings.augmentation, generator)
     mine = settings.classes
     if has_batchnorm(net):  # BN statistics mix the classes: every process computes the whole loss, scaled
-        loss = distribution_matching_loss(net, real, syn, settings.compiled) / settings.world
+        loss = distribution_matching_loss(net, real, syn, settings.compiled, settings.batched) / settings.world
     elif mine.stop > mine.start:
-        loss = distribution_matching_loss(net, real[mine], syn[mine], settings.compiled)
+        loss = distribution_matching_loss(net, real[mine], syn[mine], settings.compiled, settings.batched)
     else:
         loss = image_syn.new_zeros(())
     return step_images(loss) / num_classes
