@@ -1,14 +1,15 @@
-"""Distribution matching (DM), batched over classes: the loss and the whole iteration.
+"""Distribution matching (DM): the loss (batched over classes on CUDA) and the whole iteration.
 
 With a frozen random network's embedding phi, DM pulls the mean embedding of each class's synthetic images
 onto that of a real batch of the class:
 
     L = sum_c || mean_i phi(real_c,i) - mean_j phi(syn_c,j) ||^2
 
-All real images go through ONE embed call (no grad: they are constants) and all synthetic images through
-ONE more, instead of 2C calls (the paper's loop: methods/reference.py). For networks whose layers act per
-sample (instance / group / layer norm, no norm) this is exactly the per-class loop. A BatchNorm network in
-train mode then normalizes with statistics of all classes together — precisely what the paper's DM code does
+On CUDA all real images go through ONE embed call (no grad: they are constants) and all synthetic images
+through ONE more, instead of 2C calls (the paper's loop: methods/reference.py), compiled by default; on a CPU
+one class at a time measured faster (batched_on). For networks whose layers act per sample (instance / group
+/ layer norm, no norm) both are exactly the per-class loop. A BatchNorm network in train mode is always
+batched, so it normalizes with statistics of all classes together — precisely what the paper's DM code does
 for BN models. Memory: the real side stores no activations; the synthetic side keeps the graph of C*ipc images.
 """
 
