@@ -23,7 +23,7 @@ from torch.func import functional_call, stack_module_state, vmap
 from tqdm import tqdm
 
 from networks import build_network, supports_stacking
-from utils.augment import Augment
+from utils.augment import Augment, DSAAugmenter
 from utils.distributed import gather_objects, split_range
 from utils.fast import CompiledTrainer, fast_path_available
 from utils.misc import make_generator, progress_disabled
@@ -159,6 +159,10 @@ class _EagerTrainer:
         self.optimizer.step()
         return losses.detach(), logits.detach()
 
+    def write_back(self) -> None:
+        """The trained weights into the nn.Modules."""
+        self.runner.write_back()
+
     def set_lr(self, lr: float, restart: bool) -> None:
         if restart:
             self.optimizer = _sgd(self.runner.parameters(), self.schedule, lr)
@@ -214,7 +218,7 @@ def _train_runner(runner, source, schedule: Schedule, generators, hook: EpochHoo
             flat = source.images(idx.reshape(-1))
             x = flat.view(k, idx.shape[1], *flat.shape[1:])
             y = labels[idx]
-            if augment is not None and hasattr(augment, "members"):  # one call for the whole ensemble
+            if isinstance(augment, DSAAugmenter):  # one call for the whole ensemble
                 x = augment.members(x, generators)
             elif augment is not None:
                 x = torch.stack([augment(x[m], generators[m]) for m in range(k)])
@@ -228,15 +232,10 @@ def _train_runner(runner, source, schedule: Schedule, generators, hook: EpochHoo
             progress.update(1)
             progress.set_postfix(loss=f"{loss_sum.item() / (n * k):.4f}", acc=f"{correct.item() / (n * k):.4f}")
         if hook is not None and (epoch % hook.every == 0 or epoch == schedule.epochs):
-            trainer_write_back(trainer, runner)
+            trainer.write_back()
             hook.call(epoch, model_ids, runner.models)
             runner.train()
-    trainer_write_back(trainer, runner)
-
-
-def trainer_write_back(trainer, runner) -> None:
-    """The trained weights into the nn.Modules."""
-    (trainer if isinstance(trainer, CompiledTrainer) else runner).write_back()
+    trainer.write_back()
 
 
 def train_models(models: Sequence[nn.Module], source: ImageSource, schedule: Schedule,

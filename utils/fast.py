@@ -144,7 +144,7 @@ class CompiledTrainer:
 
     def write_back(self) -> None:
         if self._eager is not None:
-            self._eager.runner.write_back()
+            self._eager.write_back()
             return
         with torch.no_grad():
             for k, model in enumerate(self.models):
