@@ -325,14 +325,18 @@ def apply_dsa_plan(x: torch.Tensor, plan: DSAPlan, groups: torch.Tensor,
         for op in plan.ops:
             x = apply_dsa_op(op, x, gather_params(plan.params[op], groups), settings)
         return x
-    sample_choice = plan.choice.index_select(0, groups)
-    order = torch.argsort(sample_choice, stable=True)  # the samples of op 0, then of op 1, ...
-    counts = torch.bincount(sample_choice, minlength=len(plan.ops)).tolist()  # the one read from the device
-    pieces = []
-    for op, idx in zip(plan.ops, order.split(counts)):
-        if len(idx):
-            pieces.append(apply_dsa_op(op, x.index_select(0, idx), gather_params(plan.params[op], groups[idx]),
-                                       settings))
+    return _apply_each_op_once(x, plan.choice.index_select(0, groups), plan.ops,
+                               lambda k, idx: gather_params(plan.params[plan.ops[k]], groups[idx]), settings)
+
+
+def _apply_each_op_once(x: torch.Tensor, sample_op: torch.Tensor, ops: list[str],
+                        op_params: Callable[[int, torch.Tensor], Params], settings: DSAParams) -> torch.Tensor:
+    """Sample i gets ops[sample_op[i]]; each op runs once, on its samples idx (ascending), with the
+    parameters op_params(k, idx) of those samples in that order."""
+    order = torch.argsort(sample_op, stable=True)  # the samples of op 0, then of op 1, ...
+    counts = torch.bincount(sample_op, minlength=len(ops)).tolist()  # the one read from the device
+    pieces = [apply_dsa_op(op, x.index_select(0, idx), op_params(k, idx), settings)
+              for k, (op, idx) in enumerate(zip(ops, order.split(counts))) if len(idx)]
     return torch.empty_like(x).index_copy(0, order, torch.cat(pieces))
 
 
@@ -408,26 +412,22 @@ class DSAAugmenter:
 
     def members(self, x: torch.Tensor, generators: Sequence[torch.Generator]) -> torch.Tensor:
         """x (K, B, C, H, W), member k drawing from generators[k]; the same result as stacking K calls."""
-        b = x.shape[1]
-        plans = [self._draw(b, x, generator) for generator in generators]  # per member: [(op, params), ...]
-        out = x
-        for step in range(len(plans[0])):  # mode 'S': one step; 'M': every op in order, the same for all
-            by_op: dict[str, list[int]] = {}
-            for member, plan in enumerate(plans):
-                by_op.setdefault(plan[step][0], []).append(member)
-            merged = torch.empty_like(out) if len(by_op) > 1 else None
-            for op, members in by_op.items():
-                params = {name: torch.cat([plans[m][step][1][name] for m in members])
-                          for name in plans[members[0]][step][1]}
-                batches = out[members] if merged is not None else out
-                result = apply_dsa_op(op, batches.flatten(0, 1), params, self.params).view(batches.shape)
-                if merged is None:
-                    out = result
-                else:
-                    merged[members] = result
-            if merged is not None:
-                out = merged
-        return out.contiguous()
+        k, b = x.shape[:2]
+        draws = [self._draw(b, x, generator) for generator in generators]  # per member: [(op, params), ...]
+        flat = x.flatten(0, 1)
+        if self.params.aug_mode == "S":  # one op per member: each op once, on the members that drew it
+            member_op = [self.ops.index(draw[0][0]) for draw in draws]
+
+            def op_params(op_index: int, idx: torch.Tensor) -> Params:
+                drew = [draws[m][0][1] for m in range(k) if member_op[m] == op_index]  # ascending, as idx
+                return {name: torch.cat([p[name] for p in drew]) for name in drew[0]}
+
+            sample_op = torch.tensor(member_op, device=x.device).repeat_interleave(b)
+            return _apply_each_op_once(flat, sample_op, self.ops, op_params, self.params).view(x.shape)
+        for step, op in enumerate(self.ops):  # mode 'M': every op in order, for every member
+            params = {name: torch.cat([draw[step][1][name] for draw in draws]) for name in draws[0][step][1]}
+            flat = apply_dsa_op(op, flat, params, self.params)
+        return flat.contiguous().view(x.shape)
 
     def _draw(self, b: int, x: torch.Tensor, generator: torch.Generator) -> list[tuple[str, Params]]:
         """One member's draws, in __call__'s order: its op (mode 'S'), then the parameters of its images."""
