@@ -31,7 +31,7 @@ def conv_relu_stack(channel: int, im_size: tuple[int, int], config: ConvConfig, 
             padding = kernel // 2
         conv = nn.Conv2d(shape[0], out_channels, kernel, padding=padding)
         shape = dry_run_shape(conv, shape)
-        layers += [layer for layer in (conv, make_norm(norm, shape), nn.ReLU()) if layer is not None]
+        layers += [layer for layer in (conv, make_norm(norm, shape), nn.ReLU(inplace=True)) if layer is not None]
     return nn.Sequential(*layers), shape
 
 

@@ -1,0 +1,211 @@
+"""Seconds per distillation iteration: the paper's own code vs this suite, whole commands, in one run.
+
+Both tools run as they ship — the paper's methods/DC_DSA_DM/main.py / main_DM.py and ours — with the same flags on
+the same CIFAR-10-format data (benchmarks/dsa_fidelity.py's CIFAR copy of Digits: 5000 images 3x32x32, written
+as real CIFAR-10 pickles), evaluation off (--num_eval 0), in alternating child processes on one device. A child
+times the start of every iteration (the paper code: its per-iteration get_network call; ours:
+distill.method_iteration), synchronising CUDA first; the median interval after --warmup iterations is printed,
+with ours / paper as a speed ratio (> 1: we are faster).
+
+The paper code is not part of this repository: pass a checkout of it (its repository root, holding
+methods/DC_DSA_DM/ and utils_clom/). Nothing of it is changed on disk; its child process gets three run-time
+stand-ins: get_dataset returns the tensors of the pickles (its own loader insists on downloading and on the
+real files' checksums), get_network notes the time, and — on a machine without CUDA only — Tensor.cuda is the
+identity, because its CLoM cosine term hard-codes .cuda(). Its main_DM.py as published cannot start: it imports
+a CCLoM class that utils_clom lacks and reads args.CCLoM, which its parser never defines; the child supplies both,
+switched off (CCLoM is never used unless args.CCLoM is set). CLoM cases give both tools one random ConvNet
+"pre-trained" on CIFAR100 in the paper's layout (pretrained_model/CIFAR100/original/ConvNet/index_0/...).
+
+    python benchmarks/bench_paper.py --paper-code ~/src/DDInterpreter                    # CPU cases
+    python benchmarks/bench_paper.py --paper-code ~/src/DDInterpreter --cases DC10,DM50 --iterations 6
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pickle
+import runpy
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+CLOM_COS = ["--CLoM", "--CLoM_distance", "cos", "--models_pool", "ConvNet", "--alphas", "1000", "--model_num", "1",
+            "--epoch", "150", "--source_dataset", "CIFAR100", "--CLoM_batch_size", "8196"]
+# case: (script, flags beyond --dataset/--data_path/--Iteration/--num_eval/--save_path)
+CASES = {
+    "DC1": ("main.py", ["--method", "DC", "--ipc", "1"]),
+    "DC10": ("main.py", ["--method", "DC", "--ipc", "10"]),
+    "DSA10": ("main.py", ["--method", "DSA", "--ipc", "10", "--init", "real",
+                          "--dsa_strategy", "color_crop_cutout_flip_scale_rotate"]),
+    "DC1+cos": ("main.py", ["--method", "DC", "--ipc", "1", *CLOM_COS]),
+    "DC10+cos": ("main.py", ["--method", "DC", "--ipc", "10", *CLOM_COS]),
+    "DM10": ("main_DM.py", ["--ipc", "10", "--init", "real", "--lr_img", "1",
+                            "--dsa_strategy", "color_crop_cutout_flip_scale_rotate"]),
+    "DM50": ("main_DM.py", ["--ipc", "50", "--init", "real", "--lr_img", "1",
+                            "--dsa_strategy", "color_crop_cutout_flip_scale_rotate"]),
+    "DM10+cos": ("main_DM.py", ["--ipc", "10", "--init", "real", "--lr_img", "1",
+                                "--dsa_strategy", "color_crop_cutout_flip_scale_rotate", *CLOM_COS]),
+}
+CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--paper-code", required=True, help="a checkout of the paper's repository (its root)")
+    parser.add_argument("--cases", default="DC1,DM10,DC1+cos,DM10+cos", help=f"comma-separated, of {list(CASES)}")
+    parser.add_argument("--iterations", type=int, default=4, help="--Iteration of every run")
+    parser.add_argument("--warmup", type=int, default=1, help="iterations left out of the median (compiling)")
+    parser.add_argument("--rounds", type=int, default=1, help="paper/ours pairs per case (alternating)")
+    parser.add_argument("--work", default=None, help="folder for the data and the runs (default: a temp dir)")
+    parser.add_argument("--child", choices=["paper", "ours"], help=argparse.SUPPRESS)
+    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--data", help=argparse.SUPPRESS)
+    parser.add_argument("--times", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(args)
+        return
+    paper = Path(args.paper_code).expanduser().resolve()
+    if not (paper / "methods/DC_DSA_DM/main.py").is_file() or not (paper / "utils_clom").is_dir():
+        sys.exit(f"bench_paper.py: {paper} is not a checkout of the paper's code "
+                 "(no methods/DC_DSA_DM/main.py and utils_clom/); pass its root with --paper-code")
+    cases = args.cases.split(",")
+    unknown = [c for c in cases if c not in CASES]
+    if unknown:
+        sys.exit(f"bench_paper.py: unknown case(s) {unknown}; choose from {list(CASES)}")
+    if args.iterations < args.warmup + 2:
+        sys.exit("bench_paper.py: --iterations must be at least --warmup + 2 (ours times iterations - 1 intervals)")
+    work = Path(args.work or tempfile.mkdtemp(prefix="bench_paper_"))
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from dsa_fidelity import write_cifar_digits
+
+    data = write_cifar_digits(work / "cifar_digits")
+    import torch
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"device: {device}; torch {torch.__version__}; {args.iterations} iterations per run, median after "
+          f"{args.warmup}; data: {data}")
+    print(f"{'case':<10} {'paper s/it':>11} {'ours s/it':>10} {'ours/paper speed':>17}")
+    for case in cases:
+        medians: dict[str, list[float]] = {"paper": [], "ours": []}
+        for r in range(args.rounds):
+            for tool in ("paper", "ours"):
+                medians[tool].append(run_child(args, paper, tool, case, data, work / f"{case}_{tool}_{r}"))
+        p, o = statistics.median(medians["paper"]), statistics.median(medians["ours"])
+        print(f"{case:<10} {p:>11.4f} {o:>10.4f} {p / o:>16.2f}x", flush=True)
+
+
+def run_child(args, paper: Path, tool: str, case: str, data: Path, folder: Path) -> float:
+    folder.mkdir(parents=True, exist_ok=True)
+    times = folder / "times.json"
+    command = [sys.executable, str(Path(__file__).resolve()), "--paper-code", str(paper), "--child", tool,
+               "--case", case, "--data", str(data), "--times", str(times), "--iterations", str(args.iterations)]
+    with open(folder / "log.txt", "w") as log:
+        done = subprocess.run(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+    if done.returncode != 0:
+        tail = (folder / "log.txt").read_text().splitlines()[-15:]
+        sys.exit(f"bench_paper.py: the {tool} run of {case} failed (exit {done.returncode}); "
+                 f"its log {folder / 'log.txt'} ends:\n" + "\n".join(tail))
+    starts = json.loads(times.read_text())
+    intervals = [b - a for a, b in zip(starts, starts[1:])][args.warmup:]
+    return statistics.median(intervals)
+
+
+def child(args) -> None:
+    """One whole command of one tool, in this process; writes the start time of every iteration to --times."""
+    import torch
+
+    script, flags = CASES[args.case]
+    flags = [*flags, "--dataset", "CIFAR10", "--data_path", args.data, "--Iteration", str(args.iterations),
+             "--num_eval", "0", "--save_path", "runs"]
+    starts: list[float] = []
+
+    def timed(fn):
+        def wrapper(*a, **k):
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            starts.append(time.perf_counter())
+            return fn(*a, **k)
+        return wrapper
+
+    paper = Path(args.paper_code)
+    if args.child == "paper":
+        sys.path[:] = [str(paper / "methods/DC_DSA_DM"), str(paper)] + [p for p in sys.path
+                                                                        if Path(p or ".").resolve() != ROOT]
+        import utils as paper_utils  # the paper's methods/DC_DSA_DM/utils.py
+
+        paper_utils.get_dataset = lambda dataset, data_path: cifar_tensors(Path(data_path), paper_utils)
+        paper_utils.get_network = timed(paper_utils.get_network)
+        if not torch.cuda.is_available():
+            torch.Tensor.cuda = lambda self, *a, **k: self
+        import utils_clom.CLoM as paper_clom
+
+        if not hasattr(paper_clom, "CCLoM"):
+            paper_clom.CCLoM = None
+        parse_args = argparse.ArgumentParser.parse_args
+
+        def parse_args_with_cclom_off(self, *a, **k):
+            namespace = parse_args(self, *a, **k)
+            namespace.CCLoM = getattr(namespace, "CCLoM", False)
+            return namespace
+
+        argparse.ArgumentParser.parse_args = parse_args_with_cclom_off
+        if "--CLoM" in flags:
+            from utils_clom.model_pool import get_network
+
+            save_random_pool_model(get_network("ConvNet", 3, 100, (32, 32)), torch)
+        main_path = paper / "methods/DC_DSA_DM" / script
+    else:
+        sys.path.insert(0, str(ROOT))
+        from methods.DC_DSA_DM import distill
+        from networks import build_network
+
+        distill.method_iteration = timed(distill.method_iteration)
+        if "--CLoM" in flags:
+            save_random_pool_model(build_network("ConvNet", 3, 100, (32, 32)), torch)
+        main_path = ROOT / "methods/DC_DSA_DM" / script
+    sys.argv = [str(main_path), *flags]
+    try:
+        runpy.run_path(str(main_path), run_name="__main__")
+    except SystemExit as stop:
+        if stop.code not in (None, 0):
+            raise
+    Path(args.times).write_text(json.dumps(starts))
+
+
+def save_random_pool_model(net, torch) -> None:
+    """A stand-in pre-trained model where both tools look for it (relative to the working directory)."""
+    path = Path("pretrained_model/CIFAR100/original/ConvNet/index_0/CIFAR100_ConvNet_original_epoch150.pth")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(net.state_dict(), path)
+
+
+def cifar_tensors(folder: Path, paper_utils):
+    """What the paper's get_dataset returns for CIFAR10, read from the pickles in `folder`."""
+    import numpy as np
+    import torch
+
+    def split(names):
+        parts = [pickle.load(open(folder / n, "rb"), encoding="bytes") for n in names]
+        pixels = np.concatenate([p[b"data"] for p in parts]).reshape(-1, 3, 32, 32)
+        labels = torch.tensor(sum((list(p[b"labels"]) for p in parts), []))
+        images = torch.from_numpy(pixels).float() / 255
+        mean, std = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
+        return paper_utils.TensorDataset((images - mean) / std, labels)
+
+    train = split([f"data_batch_{i}" for i in range(1, 6)])
+    test = split(["test_batch"])
+    testloader = torch.utils.data.DataLoader(test, batch_size=256, shuffle=False, num_workers=0)
+    return 3, (32, 32), 10, [str(c) for c in range(10)], CIFAR_MEAN, CIFAR_STD, train, test, testloader
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONWARNINGS", "ignore")
+    main()
