@@ -6,9 +6,10 @@ random data (10 classes, 3x32x32) with a fresh ConvNet; drawing the real batch i
 - loop:    the paper's algorithm — gradient_matching_loss_loop (2C autograd.grad calls), per-class DSA
            calls with a shared seed, distribution_matching_loss_loop (2C embed calls), eager inner loop.
 - batched: ours, all classes in one vmap(grad) call / one embed call, eager.
-- default: ours as the scripts run it on this device (utils/runtime.py): on CUDA class-batched with the
-           compiled real side and compiled inner-loop step (CUDA graphs), and DM's loss compiled; on a CPU
-           one class at a time, eager.
+- default: ours as the scripts run it on this device, in a run of the paper's length (--Iteration 1000 for
+           DC/DSA, 20000 for DM; utils/runtime.py): on CUDA class-batched with the compiled real side and
+           compiled inner-loop step (CUDA graphs), and DM's loss compiled; on a CPU one class at a time, each
+           class's real side / DM loss compiled, and the compiled inner-loop step.
 
 Paths alternate, the median over --repeats is printed, plus |loss difference| / |loss| between loop and default
 (DSA's paths draw different augmentations, so it is left out). The first call of a compiled path compiles
@@ -87,11 +88,16 @@ def dsa_loop(real, syn, generator):
     return torch.stack(out_real), torch.stack(out_syn)
 
 
-def execution(path: str, runtime) -> MatchingExecution | None:
+PAPER_ITERATIONS = {"DC": 1000, "DSA": 1000, "DM": 20000}  # the scripts' --Iteration defaults
+
+
+def execution(path: str, runtime, method: str) -> MatchingExecution | None:
     """None for the paper's loop."""
     if path == "loop":
         return None
-    return MatchingExecution(batched=True) if path == "batched" else execution_for(runtime)
+    if path == "batched":
+        return MatchingExecution(batched=True)
+    return execution_for(runtime, PAPER_ITERATIONS[method])
 
 
 def make_step(method: str, how: MatchingExecution | None, model, real, syn, device):
@@ -169,7 +175,7 @@ def run_case(name: str, runtime, batch_real: int, repeats: int, warmup: int, mod
     real = torch.randn(NUM_CLASSES, batch_real, *SHAPE, generator=gen, device=device)
     syn = torch.randn(NUM_CLASSES, ipc, *SHAPE, generator=gen, device=device, requires_grad=True)
     make = make_step if scope == "step" else make_iteration
-    steps = {path: make(method, execution(path, runtime), model, real, syn, device) for path in PATHS}
+    steps = {path: make(method, execution(path, runtime, method), model, real, syn, device) for path in PATHS}
     times, losses = {path: [] for path in PATHS}, {}
     for i in range(warmup + repeats):
         for path, step in steps.items():  # alternate, so load changes hit every path alike

@@ -16,7 +16,7 @@ from methods.DC_DSA_DM.gradient_matching import MatchingExecution, execution_for
 from utils import fast
 from utils.engine import EpochHook, Schedule, TensorSource, build_seeded_network, train_models
 from utils.misc import make_generator
-from utils.runtime import Runtime, make_runtime
+from utils.runtime import CPU_COMPILE_MIN_ITERATIONS, Runtime, make_runtime
 
 
 def toy_source(n=24, classes=4):
@@ -90,16 +90,18 @@ def test_compiled_real_side_equals_the_eager_one(traced_only):
     real, syn = torch.randn(3, 6, 1, 8, 8), torch.randn(3, 2, 1, 8, 8, requires_grad=True)
     eager = gradient_matching_loss(model, real, syn, execution=MatchingExecution(batched=True))
     compiled = gradient_matching_loss(model, real, syn, execution=MatchingExecution(batched=True, compiled=True))
+    per_class = gradient_matching_loss(model, real, syn, execution=MatchingExecution(batched=False, compiled=True))
     assert not fast._BROKEN and any(key[0] == "real_side" for key in fast._COMPILED)
     torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(per_class, eager, atol=1e-5, rtol=1e-5)
 
 
 def test_fast_paths_and_precision_are_chosen_per_device():
     cpu = make_runtime(torch.device("cpu"))
     assert cpu.precision == "fp32" and not cpu.fast
-    assert not execution_for(cpu).batched and not execution_for(cpu).compiled
+    assert not execution_for(cpu, 10).batched and not execution_for(cpu, 10).compiled
     cuda = Runtime(torch.device("cuda"), fast=True, precision="tf32")  # no GPU needed to decide
-    assert execution_for(cuda).batched and execution_for(cuda).compiled
+    assert execution_for(cuda, 10).batched and execution_for(cuda, 10).compiled
     assert not make_runtime(torch.device("cpu"), eager=True).fast
     with pytest.raises(ValueError):
         make_runtime(torch.device("cpu"), precision="fp8")
@@ -117,17 +119,29 @@ def test_compiled_dm_loss_equals_the_eager_one_across_fresh_networks(monkeypatch
     for seed in (0, 1):
         model = build_seeded_network("ConvNetW32", 1, 3, (8, 8), seed).requires_grad_(False)
         results = []
-        for compiled in (False, True):
+        # eager, compiled on all classes at once (CUDA), compiled one class per call (CPU)
+        for compiled, batched in ((False, True), (True, True), (True, False)):
             syn = torch.randn(3, 2, 1, 8, 8, generator=make_generator(1), requires_grad=True)
-            loss = distribution_matching_loss(model, real, syn, compiled)
+            loss = distribution_matching_loss(model, real, syn, compiled, batched)
             loss.backward()
             results.append((loss.detach(), syn.grad))
         assert not fast._BROKEN, fast._BROKEN
         torch.testing.assert_close(results[1], results[0], atol=1e-5, rtol=1e-5)
-    assert [key[0] for key in fast._COMPILED] == ["dm_loss"]
+        torch.testing.assert_close(results[2], results[0], atol=1e-5, rtol=1e-5)
+    assert [key[0] for key in fast._COMPILED] == ["dm_loss"]  # one function for every network
     bn_model = build_seeded_network("ConvNetBN", 1, 3, (8, 8), 0).requires_grad_(False)
     distribution_matching_loss(bn_model, real, torch.randn(3, 2, 1, 8, 8), compiled=True)
     assert len(fast._COMPILED) == 1
+
+
+def test_a_cpu_compiles_only_runs_that_repay_it():
+    cpu, long = make_runtime(torch.device("cpu")), CPU_COMPILE_MIN_ITERATIONS
+    assert not cpu.compiles(long - 1) and cpu.compiles(long)
+    assert not execution_for(cpu, long - 1).compiled and execution_for(cpu, long).compiled
+    assert not execution_for(cpu, long).batched  # still one class at a time
+    assert not make_runtime(torch.device("cpu"), eager=True).compiles(20000)
+    assert Runtime(torch.device("cuda"), fast=True).compiles(1)
+    assert not Runtime(torch.device("cuda"), eager=True).compiles(20000)
 
 
 def test_bf16_training_inside_one_autocast_region_learns_like_fp32():

@@ -18,6 +18,12 @@ from utils.distributed import DistInfo
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
+# On a CPU a compiled function costs 17-36 s to build (2 cores, cold cache), then saves: DM's loss 45-48% of an
+# iteration, DC's real side (one compiled call per class) 29%, its inner-loop SGD step 25% (benchmarks/
+# bench_paper.py and bench_distill.py --device cpu). That pays after 15-175 iterations: distillations of at least
+# this many iterations compile on a CPU, shorter ones (tests, the quickstart) stay eager.
+CPU_COMPILE_MIN_ITERATIONS = 500
+
 
 @dataclass(frozen=True)
 class Runtime:
@@ -25,6 +31,15 @@ class Runtime:
     dist: DistInfo = field(default_factory=DistInfo)
     fast: bool = False  # compiled training steps (CUDA graphs on CUDA)
     precision: str = "fp32"
+    eager: bool = False  # --eager: no compiled path at all, on any device
+
+    def compiles(self, iterations: int) -> bool:
+        """Whether a distillation of `iterations` iterations takes the compiled paths: on CUDA with the fast
+        paths; on a CPU when the run is long enough to repay compiling. A rule on the settings alone, so the
+        same command takes the same path (and a seed reproduces its run)."""
+        if self.eager:
+            return False
+        return self.fast or (self.device.type == "cpu" and iterations >= CPU_COMPILE_MIN_ITERATIONS)
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bfloat16 autocast for precision bf16, else nothing. The scripts wrap a whole run in it, so its cache
@@ -51,4 +66,5 @@ def make_runtime(device: torch.device, dist: DistInfo | None = None, eager: bool
     tf32 = precision != "fp32"
     torch.backends.cuda.matmul.allow_tf32 = tf32
     torch.backends.cudnn.allow_tf32 = tf32
-    return Runtime(device, dist or DistInfo(), fast=device.type == "cuda" and not eager, precision=precision)
+    return Runtime(device, dist or DistInfo(), fast=device.type == "cuda" and not eager, precision=precision,
+                   eager=eager)

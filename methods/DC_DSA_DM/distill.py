@@ -27,7 +27,11 @@ from tqdm import tqdm
 
 from methods.clom import ClomTerm
 from methods.DC_DSA_DM.config import DistillConfig, eval_augmentation, eval_model_pool, evaluation_iterations
-from methods.DC_DSA_DM.distribution_matching import DMSettings, batched_on, distribution_matching_iteration
+from methods.DC_DSA_DM.distribution_matching import (
+    DMSettings,
+    batched_on,
+    distribution_matching_iteration,
+)
 from methods.DC_DSA_DM.gradient_matching import MatchingSettings, execution_for, gradient_matching_iteration
 from methods.DC_DSA_DM.run_state import RunState, RunStore
 from methods.DC_DSA_DM.synset import class_labels, initial_images, visualization_png
@@ -152,12 +156,12 @@ def method_iteration(cfg: DistillConfig, res: Resources, image_syn: Tensor, step
     classes = slice(mine[0], mine[-1] + 1) if mine else slice(0, 0)
     sample_real = res.data.train.sample_per_class
     if cfg.method == "DM":
-        settings = DMSettings(cfg.batch_real, cfg.augmentation, classes, res.dist.world, res.runtime.fast,
-                              batched_on(res.device))
+        settings = DMSettings(cfg.batch_real, cfg.augmentation, classes, res.dist.world,
+                              res.runtime.compiles(cfg.iterations), batched_on(res.device))
         return distribution_matching_iteration(make_network, sample_real, image_syn, generator, step_images,
                                                settings)
     settings = MatchingSettings(cfg.ipc, cfg.batch_real, cfg.batch_train, cfg.lr_net, cfg.dis_metric,
-                                cfg.augmentation, classes, execution=execution_for(res.runtime))
+                                cfg.augmentation, classes, execution=execution_for(res.runtime, cfg.iterations))
     return gradient_matching_iteration(make_network, sample_real, image_syn, generator, step_images, settings)
 
 

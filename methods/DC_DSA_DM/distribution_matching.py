@@ -41,7 +41,9 @@ def distribution_matching_loss(model: nn.Module, real: Tensor, syn: Tensor, comp
     if has_batchnorm(model):
         return _class_means_distance(model.embed, real, syn)
     if compiled:
-        return _compiled_loss(model, real, syn)
+        if batched:
+            return _compiled_loss(model, real, syn)
+        return sum(_compiled_loss(model, real[c:c + 1], syn[c:c + 1]) for c in range(real.shape[0]))
     return _class_means_distance(model.embed, real, syn, per_class=not batched)
 
 
@@ -63,6 +65,7 @@ def _class_means(embed: Callable[[Tensor], Tensor], images: Tensor, per_class: b
 def batched_on(device: torch.device) -> bool:
     """All classes in one embed call on CUDA (it fills the GPU); one class at a time on a CPU (measured faster)."""
     return device.type == "cuda"
+
 
 
 # torch.compile mode of the loss: "default" (fused kernels) or "reduce-overhead" (also a CUDA-graph replay).
@@ -105,7 +108,7 @@ class DMSettings:
     augmentation: str | None  # DSA strategy (Siamese on real and synthetic images), None: none
     classes: slice  # the classes whose loss this process computes (all of them in one process)
     world: int = 1  # processes sharing the classes (torchrun)
-    compiled: bool = False  # the loss through torch.compile (on CUDA by default: Runtime.fast)
+    compiled: bool = False  # the loss through torch.compile: Runtime.compiles
     batched: bool = True  # all classes in one embed call (CUDA); False: one class at a time (CPU): batched_on
 
 
