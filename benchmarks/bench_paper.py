@@ -93,14 +93,14 @@ def main() -> None:
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {device}; torch {torch.__version__}; {args.iterations} iterations per run, median after "
           f"{args.warmup}; data: {data}")
-    print(f"{'case':<10} {'paper s/it':>11} {'ours s/it':>10} {'ours/paper speed':>17}")
+    print(f"{'case':<10} {'paper s/it':>11} {'ours s/it':>10} {'speed-up':>9}")
     for case in cases:
         medians: dict[str, list[float]] = {"paper": [], "ours": []}
         for r in range(args.rounds):
             for tool in ("paper", "ours"):
                 medians[tool].append(run_child(args, paper, tool, case, data, work / f"{case}_{tool}_{r}"))
         p, o = statistics.median(medians["paper"]), statistics.median(medians["ours"])
-        print(f"{case:<10} {p:>11.4f} {o:>10.4f} {p / o:>16.2f}x", flush=True)
+        print(f"{case:<10} {p:>11.4f} {o:>10.4f} {p / o:>8.2f}x", flush=True)
 
 
 def run_child(args, paper: Path, tool: str, case: str, data: Path, folder: Path) -> float:
