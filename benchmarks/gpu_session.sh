@@ -28,7 +28,7 @@ if [ -n "${QUICK:-}" ]; then
     PAPER_DC=(--cases DC1 --iterations 2 --warmup 1) PAPER_DM=(--cases DM10 --iterations 3 --warmup 2)
 else
     DEV=cuda SIZE=(--repeats 3) EVAL=(--nets 5 --epochs 300) CASES=DC10,DM10,DM50 TESTS=tests/test_cuda.py
-    PAPER_DC=(--cases DC10,DC10+cos,DSA10 --iterations 6 --warmup 2)
+    PAPER_DC=(--cases DC10,DC10+cos,DSA10 --iterations 5 --warmup 2)
     PAPER_DM=(--cases DM50,DM10+cos,DM10 --iterations 40 --warmup 15)
 fi
 
@@ -42,13 +42,13 @@ step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $LOGS/NA
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null >>"$SUMMARY"
 $PY -c "import torch; print('torch', torch.__version__)" >>"$SUMMARY"
 
-step tests 180 $PY -m pytest -q -p no:cacheprovider "$TESTS" -rs
+step tests 160 $PY -m pytest -q -p no:cacheprovider "$TESTS" -rs
 tail -n 4 "$LOGS/tests.log" >>"$SUMMARY"
 
 if [ -d "$PAPER" ]; then
-    step paper_dc 330 $PY benchmarks/bench_paper.py --paper-code "$PAPER" "${PAPER_DC[@]}" --work "$OUT/paper_dc"
+    step paper_dc 260 $PY benchmarks/bench_paper.py --paper-code "$PAPER" "${PAPER_DC[@]}" --work "$OUT/paper_dc"
     grep -E '^device|^case|^[A-Z]' "$LOGS/paper_dc.log" >>"$SUMMARY"
-    step paper_dm 200 $PY benchmarks/bench_paper.py --paper-code "$PAPER" "${PAPER_DM[@]}" --work "$OUT/paper_dm"
+    step paper_dm 150 $PY benchmarks/bench_paper.py --paper-code "$PAPER" "${PAPER_DM[@]}" --work "$OUT/paper_dm"
     grep -E '^case|^[A-Z]' "$LOGS/paper_dm.log" >>"$SUMMARY"
     rm -rf "$OUT/paper_dc" "$OUT/paper_dm"
 else
