@@ -8,10 +8,17 @@ a child stops it after --iterations iterations. It times the start of every iter
 per-iteration get_network call; ours: distill.method_iteration), synchronising CUDA first; the median interval
 after --warmup iterations is printed, with paper / ours as a speed ratio (> 1: we are faster).
 
+Two cases time whole commands instead (from process start to exit, as a user waits for them; seconds per case):
+pool2x1 trains 2 ConvNets for 1 epoch (train_original_models.py --num 2 --epochs 1 --normalize_data), eval2x20
+trains 2 networks for 20 epochs with DSA on a 10-images-per-class set (validate.py --dsa --epochs 20; the paper's
+validate.py trains one network per command, so it runs twice, ours once with --num_eval 2).
+
 The paper code is not part of this repository: pass a checkout of it (its repository root, holding
 methods/DC_DSA_DM/ and utils_clom/). Nothing of it is changed on disk; its child process gets three run-time
 stand-ins: get_dataset returns the tensors of the pickles (its own loader insists on downloading and on the
-real files' checksums), get_network notes the time, and — on a machine without CUDA only — Tensor.cuda is the
+real files' checksums; utils_clom's get_dataset likewise — its stand-in skips the per-image PIL transforms of
+the real loader, so it flatters the paper code), get_network notes the time, set_gpu keeps the model where it
+is (on a CPU), and — on a machine without CUDA only — Tensor.cuda is the
 identity, because its CLoM cosine term hard-codes .cuda(). Its main_DM.py as published cannot start: it imports
 a CCLoM class that utils_clom lacks and reads args.CCLoM, which its parser never defines; the child supplies both,
 switched off (CCLoM is never used unless args.CCLoM is set). CLoM cases give both tools one random ConvNet
@@ -19,6 +26,7 @@ switched off (CCLoM is never used unless args.CCLoM is set). CLoM cases give bot
 
     python benchmarks/bench_paper.py --paper-code ~/src/DDInterpreter                    # CPU cases
     python benchmarks/bench_paper.py --paper-code ~/src/DDInterpreter --cases DC10,DM50 --iterations 6
+    python benchmarks/bench_paper.py --paper-code ~/src/DDInterpreter --cases pool2x1,eval2x20
 """
 
 from __future__ import annotations
@@ -54,13 +62,21 @@ CASES = {
     "DM10+cos": ("main_DM.py", ["--ipc", "10", "--init", "real", "--lr_img", "1",
                                 "--dsa_strategy", "color_crop_cutout_flip_scale_rotate", *CLOM_COS]),
 }
+# whole commands: case -> (script at the repository root, flags of both, the paper's commands, ours' extra flags)
+WHOLE = {
+    "pool2x1": ("train_original_models.py", ["--dataset", "CIFAR10", "--model", "ConvNet", "--normalize_data",
+                                             "--epochs", "1", "--num", "2"], 1, []),
+    "eval2x20": ("validate.py", ["--normalize_data", "--dataset", "CIFAR10", "--model", "ConvNet", "--dsa",
+                                 "--method", "DC", "--ipc", "10", "--epochs", "20", "--save_every", "20"],
+                 2, ["--num_eval", "2"]),
+}
 CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--paper-code", required=True, help="a checkout of the paper's repository (its root)")
-    parser.add_argument("--cases", default="DC1,DM10,DC1+cos,DM10+cos", help=f"comma-separated, of {list(CASES)}")
+    parser.add_argument("--cases", default="DC1,DM10,DC1+cos,DM10+cos", help=f"comma-separated, of {[*CASES, *WHOLE]}")
     parser.add_argument("--iterations", type=int, default=4, help="iterations timed per run (then it stops)")
     parser.add_argument("--warmup", type=int, default=1, help="iterations left out of the median (compiling)")
     parser.add_argument("--rounds", type=int, default=1, help="paper/ours pairs per case (alternating)")
@@ -69,6 +85,7 @@ def main() -> None:
     parser.add_argument("--case", help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--times", help=argparse.SUPPRESS)
+    parser.add_argument("--synthetic", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -78,9 +95,9 @@ def main() -> None:
         sys.exit(f"bench_paper.py: {paper} is not a checkout of the paper's code "
                  "(no methods/DC_DSA_DM/main.py and utils_clom/); pass its root with --paper-code")
     cases = args.cases.split(",")
-    unknown = [c for c in cases if c not in CASES]
+    unknown = [c for c in cases if c not in CASES and c not in WHOLE]
     if unknown:
-        sys.exit(f"bench_paper.py: unknown case(s) {unknown}; choose from {list(CASES)}")
+        sys.exit(f"bench_paper.py: unknown case(s) {unknown}; choose from {[*CASES, *WHOLE]}")
     if args.iterations < args.warmup + 1:
         sys.exit("bench_paper.py: --iterations must be at least --warmup + 1")
     work = Path(args.work or tempfile.mkdtemp(prefix="bench_paper_"))
@@ -90,6 +107,7 @@ def main() -> None:
     data = write_cifar_digits(work / "cifar_digits")
     import torch
 
+    args.synthetic = str(write_synthetic_set(work / "synthetic.pt", torch))
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {device}; torch {torch.__version__}; {args.iterations} iterations per run, median after "
           f"{args.warmup}; data: {data}")
@@ -100,20 +118,30 @@ def main() -> None:
             for tool in ("paper", "ours"):
                 medians[tool].append(run_child(args, paper, tool, case, data, work / f"{case}_{tool}_{r}"))
         p, o = statistics.median(medians["paper"]), statistics.median(medians["ours"])
-        print(f"{case:<10} {p:>11.4f} {o:>10.4f} {p / o:>8.2f}x", flush=True)
+        unit = " (s, whole commands)" if case in WHOLE else ""
+        print(f"{case:<10} {p:>11.4f} {o:>10.4f} {p / o:>8.2f}x{unit}", flush=True)
 
 
 def run_child(args, paper: Path, tool: str, case: str, data: Path, folder: Path) -> float:
     folder.mkdir(parents=True, exist_ok=True)
     times = folder / "times.json"
     command = [sys.executable, str(Path(__file__).resolve()), "--paper-code", str(paper), "--child", tool,
-               "--case", case, "--data", str(data), "--times", str(times), "--iterations", str(args.iterations)]
+               "--case", case, "--data", str(data), "--times", str(times), "--iterations", str(args.iterations),
+               "--synthetic", str(args.synthetic)]
+    runs = WHOLE[case][2] if case in WHOLE and tool == "paper" else 1
+    start = time.perf_counter()
     with open(folder / "log.txt", "w") as log:
-        done = subprocess.run(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+        for _ in range(runs):
+            done = subprocess.run(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
+            if done.returncode != 0:
+                break
+    seconds = time.perf_counter() - start
     if done.returncode != 0:
         tail = (folder / "log.txt").read_text().splitlines()[-15:]
         sys.exit(f"bench_paper.py: the {tool} run of {case} failed (exit {done.returncode}); "
                  f"its log {folder / 'log.txt'} ends:\n" + "\n".join(tail))
+    if case in WHOLE:
+        return seconds
     starts = json.loads(times.read_text())
     intervals = [b - a for a, b in zip(starts, starts[1:])][args.warmup:]
     return statistics.median(intervals)
@@ -123,10 +151,16 @@ def child(args) -> None:
     """One whole command of one tool, in this process; writes the start time of every iteration to --times."""
     import torch
 
-    script, flags = CASES[args.case]
-    length = "20000" if script == "main_DM.py" else "1000"
-    flags = [*flags, "--dataset", "CIFAR10", "--data_path", args.data, "--Iteration", length,
-             "--num_eval", "0", "--save_path", "runs"]
+    if args.case in WHOLE:
+        script, flags, _, ours_extra = WHOLE[args.case]
+        flags = [*flags, *(["--synthesis_data_path", args.synthetic] if script == "validate.py" else [])]
+        if args.child == "ours":
+            flags = [*flags, *ours_extra, "--data_path", args.data]
+    else:
+        script, flags = CASES[args.case]
+        length = "20000" if script == "main_DM.py" else "1000"
+        flags = [*flags, "--dataset", "CIFAR10", "--data_path", args.data, "--Iteration", length,
+                 "--num_eval", "0", "--save_path", "runs"]
     starts: list[float] = []
 
     def timed(fn):
@@ -145,10 +179,16 @@ def child(args) -> None:
                                                                         if Path(p or ".").resolve() != ROOT]
         import utils as paper_utils  # the paper's methods/DC_DSA_DM/utils.py
 
-        paper_utils.get_dataset = lambda dataset, data_path: cifar_tensors(Path(data_path), paper_utils)
+        paper_utils.get_dataset = lambda dataset, data_path: cifar_tensors(Path(args.data), paper_utils)
         paper_utils.get_network = timed(paper_utils.get_network)
+        import utils_clom.Dataloader as paper_loader
+        import utils_clom.utils as paper_clom_utils
+
+        paper_loader.get_dataset = lambda dataset, data_path, *a, **k: cifar_tensors(Path(args.data), paper_utils)
         if not torch.cuda.is_available():
             torch.Tensor.cuda = lambda self, *a, **k: self
+            torch.nn.Module.cuda = lambda self, *a, **k: self
+            paper_clom_utils.set_gpu = lambda args, model: model
         import utils_clom.CLoM as paper_clom
 
         if not hasattr(paper_clom, "CCLoM"):
@@ -165,7 +205,7 @@ def child(args) -> None:
             from utils_clom.model_pool import get_network
 
             save_random_pool_model(get_network("ConvNet", 3, 100, (32, 32)), torch)
-        main_path = paper / "methods/DC_DSA_DM" / script
+        main_path = paper / ("methods/DC_DSA_DM" if args.case in CASES else "") / script
     else:
         sys.path.insert(0, str(ROOT))
         from methods.DC_DSA_DM import distill
@@ -174,7 +214,7 @@ def child(args) -> None:
         distill.method_iteration = timed(distill.method_iteration)
         if "--CLoM" in flags:
             save_random_pool_model(build_network("ConvNet", 3, 100, (32, 32)), torch)
-        main_path = ROOT / "methods/DC_DSA_DM" / script
+        main_path = ROOT / ("methods/DC_DSA_DM" if args.case in CASES else "") / script
     sys.argv = [str(main_path), *flags]
     try:
         runpy.run_path(str(main_path), run_name="__main__")
@@ -185,6 +225,13 @@ def child(args) -> None:
 
 class StopTiming(BaseException):
     """Ends a child's run after its timed iterations (a BaseException: no handler of either tool takes it)."""
+
+
+def write_synthetic_set(path: Path, torch) -> Path:
+    """A random 10-images-per-class CIFAR-shaped set in the paper's result format {'data': [[images, labels]]}."""
+    images = torch.randn(100, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    torch.save({"data": [[images, torch.arange(10).repeat_interleave(10)]], "accs_all_exps": {}}, path)
+    return path
 
 
 def save_random_pool_model(net, torch) -> None:
