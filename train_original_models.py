@@ -28,6 +28,7 @@ from utils.io import (
     pool_checkpoint_path,
 )
 from utils.misc import UserError, make_generator, parse_int_list, setup_logging
+from utils.runtime import fast_paths_note, training_steps
 
 
 class NonFiniteTrainingError(UserError):
@@ -125,13 +126,16 @@ def _train_pool(args, milestones: list[int], runtime, seed: int, data, arch_dir,
 
     schedule = Schedule(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                         weight_decay=args.weight_decay, milestones=tuple(milestones))
+    steps = training_steps(len(models), args.epochs, len(data.train), args.batch_size)
+    logger.info("precision %s | fast paths %s", runtime.precision, fast_paths_note(runtime, steps))
     start = time.time()
     if args.epochs == 0:
         save_and_test(0, list(range(len(models))), models)
     else:
         with runtime.autocast():
             train_models(models, data.train, schedule, generators, hook=EpochHook(save_and_test, 1),
-                         stack=False if args.no_stack else None, compiled=runtime.fast, desc=f"train {args.model}")
+                         stack=False if args.no_stack else None, compiled=runtime.compiles_training(steps),
+                         desc=f"train {args.model}")
     elapsed = time.time() - start
     for (_, run_dir), info in zip(runs, infos):  # the time this process took for all its models
         info.update(wall_time_s=round(elapsed, 2), models_in_this_process=len(models))

@@ -35,6 +35,7 @@ from utils.io import (
     to_plain,
 )
 from utils.misc import UserError, get_logger, parse_int_list, setup_logging
+from utils.runtime import fast_paths_note, training_steps
 
 
 def get_args_parser() -> argparse.ArgumentParser:
@@ -118,7 +119,8 @@ def _train_and_report(args, runtime, seed, synthetic, content, data, milestones,
         logger.info(distributed.multigpu_notice(args.multigpu))
     logger.info("seed %d | device %s | %s: %d synthetic images, %d test | normalized %s | dsa %s",
                 seed, device, spec.name, len(labels), len(data.test), args.normalize_data, args.dsa)
-    logger.info("precision %s | fast paths %s", runtime.precision, "on" if runtime.fast else "off")
+    steps = training_steps(args.num_eval, args.epochs, len(labels), args.batch_size)
+    logger.info("precision %s | fast paths %s", runtime.precision, fast_paths_note(runtime, steps))
 
     schedule = Schedule(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                         weight_decay=args.weight_decay, milestones=tuple(milestones), augment=augment)

@@ -16,7 +16,14 @@ from methods.DC_DSA_DM.gradient_matching import MatchingExecution, execution_for
 from utils import fast
 from utils.engine import EpochHook, Schedule, TensorSource, build_seeded_network, train_models
 from utils.misc import make_generator
-from utils.runtime import CPU_COMPILE_MIN_ITERATIONS, Runtime, make_runtime
+from utils.runtime import (
+    CPU_COMPILE_MIN_ITERATIONS,
+    CPU_COMPILE_MIN_TRAINING_STEPS,
+    Runtime,
+    fast_paths_note,
+    make_runtime,
+    training_steps,
+)
 
 
 def toy_source(n=24, classes=4):
@@ -142,6 +149,17 @@ def test_a_cpu_compiles_only_runs_that_repay_it():
     assert not make_runtime(torch.device("cpu"), eager=True).compiles(20000)
     assert Runtime(torch.device("cuda"), fast=True).compiles(1)
     assert not Runtime(torch.device("cuda"), eager=True).compiles(20000)
+
+
+def test_a_cpu_compiles_only_trainings_that_repay_it():
+    cpu, many = make_runtime(torch.device("cpu")), CPU_COMPILE_MIN_TRAINING_STEPS
+    assert training_steps(networks=20, epochs=300, images=100, batch_size=256) == 6000
+    assert training_steps(networks=2, epochs=150, images=1198, batch_size=256) == 1500  # Digits pool: 5 batches
+    assert not cpu.compiles_training(many - 1) and cpu.compiles_training(many)
+    assert not make_runtime(torch.device("cpu"), eager=True).compiles_training(10 ** 6)
+    assert Runtime(torch.device("cuda"), fast=True).compiles_training(1)
+    assert "training compiled" in fast_paths_note(cpu, many) and "training eager" in fast_paths_note(cpu, 10)
+    assert fast_paths_note(Runtime(torch.device("cuda"), fast=True), 1) == "on"
 
 
 def test_bf16_training_inside_one_autocast_region_learns_like_fp32():

@@ -27,7 +27,7 @@ from utils.augment import Augment, DSAAugmenter
 from utils.distributed import gather_objects, split_range
 from utils.fast import CompiledTrainer, fast_path_available
 from utils.misc import make_generator, progress_disabled
-from utils.runtime import Runtime
+from utils.runtime import Runtime, training_steps
 
 
 class ImageSource(Protocol):
@@ -337,7 +337,8 @@ def train_and_test(network: NetworkSpec, seeds: Sequence[int], train_source: Ima
 
     if models:
         hook = EpochHook(test, test_every or schedule.epochs or 1)
-        train_models(models, train_source, schedule, generators, hook=hook, compiled=runtime.fast,
+        steps = training_steps(len(models), schedule.epochs, len(train_source), schedule.batch_size)
+        train_models(models, train_source, schedule, generators, hook=hook, compiled=runtime.compiles_training(steps),
                      desc=f"train {network.name}")
         if schedule.epochs == 0:
             test(0, list(range(len(models))), models)
