@@ -120,7 +120,7 @@ def _train_and_report(args, runtime, seed, synthetic, content, data, milestones,
     logger.info("seed %d | device %s | %s: %d synthetic images, %d test | normalized %s | dsa %s",
                 seed, device, spec.name, len(labels), len(data.test), args.normalize_data, args.dsa)
     steps = training_steps(args.num_eval, args.epochs, len(labels), args.batch_size)
-    logger.info("precision %s | fast paths %s", runtime.precision, fast_paths_note(runtime, steps))
+    logger.info("precision %s | fast paths %s", runtime.precision, fast_paths_note(runtime, steps=steps))
 
     schedule = Schedule(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                         weight_decay=args.weight_decay, milestones=tuple(milestones), augment=augment)

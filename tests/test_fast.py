@@ -158,8 +158,11 @@ def test_a_cpu_compiles_only_trainings_that_repay_it():
     assert not cpu.compiles_training(many - 1) and cpu.compiles_training(many)
     assert not make_runtime(torch.device("cpu"), eager=True).compiles_training(10 ** 6)
     assert Runtime(torch.device("cuda"), fast=True).compiles_training(1)
-    assert "training compiled" in fast_paths_note(cpu, many) and "training eager" in fast_paths_note(cpu, 10)
-    assert fast_paths_note(Runtime(torch.device("cuda"), fast=True), 1) == "on"
+    assert fast_paths_note(cpu, steps=many).startswith("compiled on the CPU")
+    assert fast_paths_note(cpu, steps=10).startswith("off on the CPU")
+    assert fast_paths_note(cpu, iterations=CPU_COMPILE_MIN_ITERATIONS).startswith("compiled on the CPU")
+    assert fast_paths_note(make_runtime(torch.device("cpu"), eager=True), iterations=20000) == "off"
+    assert fast_paths_note(Runtime(torch.device("cuda"), fast=True), steps=1) == "on"
 
 
 def test_bf16_training_inside_one_autocast_region_learns_like_fp32():

@@ -65,15 +65,18 @@ def training_steps(networks: int, epochs: int, images: int, batch_size: int) -> 
     return networks * epochs * -(-images // max(1, batch_size))
 
 
-def fast_paths_note(runtime: Runtime, steps: int) -> str:
-    """For a training script's log: are the fast paths on, and on a CPU does this training compile."""
-    if runtime.fast:
-        return "on"
-    if runtime.device.type != "cpu" or runtime.eager:
-        return "off"
-    if runtime.compiles_training(steps):
-        return f"off | training compiled on the CPU ({steps} SGD steps repay compiling; --eager: never)"
-    return f"off | training eager on the CPU ({steps} SGD steps; compiled from {CPU_COMPILE_MIN_TRAINING_STEPS})"
+def fast_paths_note(runtime: Runtime, *, iterations: int | None = None, steps: int | None = None) -> str:
+    """For a script's log: the fast paths on CUDA; on a CPU, whether this run compiles — a distillation of
+    `iterations` iterations, or a training of `steps` SGD steps."""
+    if runtime.eager or runtime.device.type != "cpu":
+        return "on" if runtime.fast else "off"
+    if iterations is not None:
+        compiled, size, least = runtime.compiles(iterations), f"{iterations} iterations", CPU_COMPILE_MIN_ITERATIONS
+    else:
+        compiled, size, least = runtime.compiles_training(steps), f"{steps} SGD steps", CPU_COMPILE_MIN_TRAINING_STEPS
+    if compiled:
+        return f"compiled on the CPU ({size} repay compiling; --eager: never)"
+    return f"off on the CPU ({size}; compiled from {least})"
 
 
 def default_precision(device: torch.device) -> str:
@@ -84,8 +87,9 @@ def default_precision(device: torch.device) -> str:
 
 def make_runtime(device: torch.device, dist: DistInfo | None = None, eager: bool = False,
                  precision: str | None = None) -> Runtime:
-    """Fast paths on by default on CUDA (where they pay) and off on a CPU (where compiling costs more than
-    it saves); eager=True turns them off. Applies the precision's TF32 switches process-wide."""
+    """Fast paths on by default on CUDA (where they pay); on a CPU only runs long enough to repay compiling
+    compile (Runtime.compiles, compiles_training); eager=True turns them all off. Applies the precision's
+    TF32 switches process-wide."""
     precision = precision or default_precision(device)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")

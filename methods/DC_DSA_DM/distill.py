@@ -27,11 +27,7 @@ from tqdm import tqdm
 
 from methods.clom import ClomTerm
 from methods.DC_DSA_DM.config import DistillConfig, eval_augmentation, eval_model_pool, evaluation_iterations
-from methods.DC_DSA_DM.distribution_matching import (
-    DMSettings,
-    batched_on,
-    distribution_matching_iteration,
-)
+from methods.DC_DSA_DM.distribution_matching import DMSettings, batched_on, distribution_matching_iteration
 from methods.DC_DSA_DM.gradient_matching import MatchingSettings, execution_for, gradient_matching_iteration
 from methods.DC_DSA_DM.run_state import RunState, RunStore
 from methods.DC_DSA_DM.synset import class_labels, initial_images, visualization_png

@@ -67,7 +67,6 @@ def batched_on(device: torch.device) -> bool:
     return device.type == "cuda"
 
 
-
 # torch.compile mode of the loss: "default" (fused kernels) or "reduce-overhead" (also a CUDA-graph replay).
 # benchmarks/bench_dm_modes.py on an H200: a DM iteration is not launch-bound (ipc 10: 4.48 vs 4.26 ms with the
 # graph, ipc 50: 5.84 vs 6.00 ms), so no graph: it would only hold another copy of the inputs.

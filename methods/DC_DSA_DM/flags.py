@@ -44,7 +44,7 @@ from utils.cli import (
 from utils.data import load_dataset
 from utils.misc import SettingError, UserError, derive_seed, setup_logging
 from utils.pools import InputSpace, check_pool
-from utils.runtime import CPU_COMPILE_MIN_ITERATIONS
+from utils.runtime import fast_paths_note
 
 # Setting (DistillConfig / ClomOptions field) -> the flag that sets it, for error messages.
 FLAG_OF = {"iterations": "--Iteration", "seed": "--random_seed", "download": "--no_download",
@@ -223,18 +223,10 @@ def _distill(args: argparse.Namespace) -> Path | None:
         _log_start(logger, cfg, data, state, seed, device, files)
         if clom is not None:
             logger.info("CLoM: %s", clom.describe())
-        logger.info("precision %s | fast paths %s%s", runtime.precision, "on" if runtime.fast else "off",
-                    _cpu_compile_note(cfg, runtime))
+        logger.info("precision %s | fast paths %s", runtime.precision,
+                    fast_paths_note(runtime, iterations=cfg.iterations))
         with runtime.autocast():
             return distill.run(cfg, distill.Resources(data, runtime, clom), store, state)
-
-
-def _cpu_compile_note(cfg: DistillConfig, runtime) -> str:
-    if runtime.device.type != "cpu" or runtime.eager:
-        return ""
-    if runtime.compiles(cfg.iterations):
-        return f" | compiled on the CPU: {cfg.iterations} iterations repay compiling (--eager: never)"
-    return f" | eager on the CPU (compiled from --Iteration {CPU_COMPILE_MIN_ITERATIONS} on)"
 
 
 def _log_start(logger: logging.Logger, cfg: DistillConfig, data, state, seed: int, device, files: RunFiles) -> None:
