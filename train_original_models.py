@@ -126,7 +126,8 @@ def _train_pool(args, milestones: list[int], runtime, seed: int, data, arch_dir,
 
     schedule = Schedule(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, momentum=args.momentum,
                         weight_decay=args.weight_decay, milestones=tuple(milestones))
-    steps = training_steps(len(models), args.epochs, len(data.train), args.batch_size)
+    # All the models, not this rank's share: the choice (and so the weights) must not depend on torchrun's split.
+    steps = training_steps(args.num, args.epochs, len(data.train), args.batch_size)
     logger.info("precision %s | fast paths %s", runtime.precision, fast_paths_note(runtime, steps=steps))
     start = time.time()
     if args.epochs == 0:

@@ -337,7 +337,8 @@ def train_and_test(network: NetworkSpec, seeds: Sequence[int], train_source: Ima
 
     if models:
         hook = EpochHook(test, test_every or schedule.epochs or 1)
-        steps = training_steps(len(models), schedule.epochs, len(train_source), schedule.batch_size)
+        # All the networks, not this rank's share: the weights must not depend on torchrun's split.
+        steps = training_steps(len(seeds), schedule.epochs, len(train_source), schedule.batch_size)
         train_models(models, train_source, schedule, generators, hook=hook, compiled=runtime.compiles_training(steps),
                      desc=f"train {network.name}")
         if schedule.epochs == 0:

@@ -46,8 +46,9 @@ class Runtime:
         return self.fast or (self.device.type == "cpu" and iterations >= CPU_COMPILE_MIN_ITERATIONS)
 
     def compiles_training(self, steps: int) -> bool:
-        """Whether training networks for `steps` SGD steps in all (networks x epochs x batches) takes the compiled
-        step: on CUDA with the fast paths; on a CPU when there are enough steps to repay compiling."""
+        """Whether training networks for `steps` SGD steps in all (networks x epochs x batches, over every
+        torchrun process) takes the compiled step: on CUDA with the fast paths; on a CPU when there are enough
+        steps to repay compiling."""
         if self.eager:
             return False
         return self.fast or (self.device.type == "cpu" and steps >= CPU_COMPILE_MIN_TRAINING_STEPS)
