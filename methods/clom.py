@@ -140,6 +140,9 @@ def resolve_alphas(alphas: list[float] | None, architectures: list[str]) -> list
                            "(e.g. 1000)")
     if not all(math.isfinite(a) for a in alphas):
         raise SettingError("clom.alphas", f"must be finite numbers, got {list(alphas)}")
+    if any(a < 0 for a in alphas):  # a negative weight pushes the images away from their own class
+        raise SettingError("clom.alphas", f"must be >= 0 (a negative weight pushes each synthetic image away from "
+                           f"its own class), got {list(alphas)}")
     if len(alphas) == 1:
         return [float(alphas[0])] * len(architectures)
     if len(alphas) != len(architectures):

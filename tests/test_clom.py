@@ -301,6 +301,8 @@ def test_bad_input_is_one_clear_user_error(cifar_pool, tmp_path):
         clom(cifar_pool, alphas=None)
     with pytest.raises(UserError, match="alphas must be finite"):
         clom(cifar_pool, alphas=[float("nan")])
+    with pytest.raises(UserError, match="alphas must be >= 0"):
+        clom(cifar_pool, alphas=[-5.0])
     with pytest.raises(UserError, match="models_pool"):
         clom(cifar_pool, pool=())
     with pytest.raises(UserError) as missing:

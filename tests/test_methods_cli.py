@@ -191,6 +191,8 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_set(tmp_pa
     (dc_cli, ["--init", "zeros"], "--init"),
     (dc_cli, ["--dis_metric", "l1"], "--dis_metric"),
     (dc_cli, ["--CLoM"], "--models_pool"),
+    (dc_cli, ["--CLoM", "--models_pool", "ConvNet", "--alphas", "-5"], "--alphas must be >= 0"),
+    (dm_cli, ["--CLoM", "--models_pool", "ConvNet", "ConvNetW32", "--alphas", "10", "-0.5"], "--alphas must be >= 0"),
 ])
 def test_bad_input_is_one_line_and_nonzero_exit(cli, argv, words, capsys):
     assert run(cli, "--Iteration", "1", "--num_eval", "0", *argv) != 0
