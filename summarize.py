@@ -8,7 +8,8 @@ settings) and every validate.py report (validate_*.json) and prints one row per 
 method, ipc, model, CLoM (distance, pool, source, α), where the accuracies come from (the run's own final
 evaluation, or validate.py), how many runs (files; seeds collapse into one row), experiments × evaluation
 networks, the test accuracy (mean ± std over every network of every experiment, in %) per evaluation
-model, and the mean wall time of one run. Files that cannot be read are skipped with a one-line warning.
+model, IOR and HLR where validate.py measured them (--random_real, --full_data; in points), and the mean
+wall time of one run. Files that cannot be read are skipped with a one-line warning.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import sys
 import numpy as np
 
 from utils.cli import HelpFormatter, run_cli
-from utils.results import COLUMNS, Row, evaluation_models, summarize
+from utils.results import COLUMNS, GAPS, Row, evaluation_models, summarize
 
 FORMATS = ("md", "csv", "json")
 
@@ -96,27 +97,37 @@ def visible_columns(rows: list[Row]) -> list[tuple[str, str]]:
     return [(name, header) for name, header in COLUMNS if name not in hidden]
 
 
+def visible_gaps(rows: list[Row]) -> list[str]:
+    """IOR / HLR, where some row has them."""
+    return [name for name in GAPS if any(row.gaps(name) for row in rows)]
+
+
+def signed_mean_std(values: list[float]) -> str:
+    return f"{np.mean(values):+.2f} ± {np.std(values):.2f}" if values else "–"
+
+
 def markdown(rows: list[Row]) -> str:
-    columns, models = visible_columns(rows), evaluation_models(rows)
-    header = [h for _, h in columns] + ["runs", "exps × nets"] + [f"{m} acc. (%)" for m in models] + ["wall time"]
+    columns, models, gaps = visible_columns(rows), evaluation_models(rows), visible_gaps(rows)
+    header = ([h for _, h in columns] + ["runs", "exps × nets"] + [f"{m} acc. (%)" for m in models]
+              + [GAPS[g] for g in gaps] + ["wall time"])
     lines = [header, ["---"] * len(header)]
     for row in rows:
         lines.append([row.columns[name] or "–" for name, _ in columns] + [str(len(row.records)), counts(row)]
-                     + [mean_std(row.accuracies(m)) for m in models] + [duration(row.wall_time_s())])
+                     + [mean_std(row.accuracies(m)) for m in models] + [signed_mean_std(row.gaps(g)) for g in gaps]
+                     + [duration(row.wall_time_s())])
     return "".join("| " + " | ".join(cells) + " |\n" for cells in lines)
 
 
 def to_csv(rows: list[Row]) -> str:
-    columns, models = [name for name, _ in COLUMNS], evaluation_models(rows)
+    columns, models, gaps = [name for name, _ in COLUMNS], evaluation_models(rows), visible_gaps(rows)
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow([*columns, "runs", "experiments", "networks",
-                     *[f"{m} {stat}" for m in models for stat in ("mean", "std", "n")], "wall_time_s"])
+                     *[f"{m} {stat}" for m in [*models, *gaps] for stat in ("mean", "std", "n")], "wall_time_s"])
     for row in rows:
         stats = []
-        for model in models:
-            accs = row.accuracies(model)
-            stats += [f"{np.mean(accs):.4f}", f"{np.std(accs):.4f}", len(accs)] if accs else ["", "", 0]
+        for values in [*(row.accuracies(m) for m in models), *(row.gaps(g) for g in gaps)]:
+            stats += [f"{np.mean(values):.4f}", f"{np.std(values):.4f}", len(values)] if values else ["", "", 0]
         wall = row.wall_time_s()
         writer.writerow([row.columns[name].replace("–", "") for name in columns] + [len(row.records),
                          row.experiments(),
@@ -132,6 +143,11 @@ def to_json(rows: list[Row]) -> str:
             accs = row.accuracies(model)
             accuracy[model] = {"mean": float(np.mean(accs)) if accs else None,
                                "std": float(np.std(accs)) if accs else None, "n": len(accs), "values": accs}
+        for name in GAPS:
+            values = row.gaps(name)
+            if values:
+                accuracy[name] = {"mean": float(np.mean(values)), "std": float(np.std(values)), "n": len(values),
+                                  "values": values}
         columns = {name: "" if row.columns[name] == "–" else row.columns[name] for name, _ in COLUMNS}
         columns["other_settings"] = columns.pop("settings")
         out.append({**columns, "kind": row.kind, "runs": len(row.records), "experiments": row.experiments(),

@@ -7,6 +7,11 @@ Reads data[0] of a res_*.pt (ours or the paper code's), logs test accuracy every
 and reports the final accuracy (the headline number: mean ± std over --num_eval networks) and, for
 reference, the maximum over the test-set evaluations (optimistic: picked by looking at the test set).
 Writes every number and setting to a JSON file beside the set (what summarize.py reads).
+
+The field's comparison (DD-Ranking): --random_real K also trains the same evaluation (networks, seeds,
+epochs, augmentation, learning rate) on K random real subsets with the set's images per class, and
+--full_data on the whole training set; then IOR = acc(set) - acc(random real) and HLR = acc(full) - acc(set),
+per evaluation network, mean ± std.
 """
 
 from __future__ import annotations
@@ -22,7 +27,16 @@ import numpy as np
 
 from utils import distributed
 from utils.augment import DEFAULT_DSA_STRATEGY, DSA_OPS, dsa_augmenter
-from utils.cli import check_at_least, check_output_path, fix_seed, parse_flags, run_cli, start_process, training_parser
+from utils.cli import (
+    check_at_least,
+    check_output_path,
+    fix_seed,
+    parse_flags,
+    run_cli,
+    seed_int,
+    start_process,
+    training_parser,
+)
 from utils.data import get_dataset_spec, load_dataset
 from utils.engine import NetworkSpec, Schedule, TensorSource, train_and_test
 from utils.io import (
@@ -34,7 +48,7 @@ from utils.io import (
     save_new_file,
     to_plain,
 )
-from utils.misc import UserError, get_logger, parse_int_list, setup_logging
+from utils.misc import UserError, derive_seed, get_logger, make_generator, parse_int_list, setup_logging
 from utils.runtime import fast_paths_note, training_steps
 
 
@@ -55,6 +69,14 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help="a res_*.pt file (ours or the paper code's); required")
     parser.add_argument("--experiment", type=int, default=0, help="which entry of data[] to validate")
     parser.add_argument("--num_eval", type=int, default=1, help="fresh networks to train (mean ± std)")
+    parser.add_argument("--random_real", type=int, default=0, metavar="K",
+                        help="also train the same evaluation on K random real subsets with the set's images per "
+                        "class and report IOR = acc(set) - acc(random real) (0: off)")
+    parser.add_argument("--random_real_seed", type=seed_int, default=None,
+                        help="seed of the random real subsets (default: --random_seed; logged and saved)")
+    parser.add_argument("--full_data", action="store_true",
+                        help="also train the same evaluation on the whole training set and report "
+                        "HLR = acc(full) - acc(set) (as many epochs as the set: long on a large data set)")
     parser.add_argument("--result_json", default=None, metavar="FILE",
                         help="write the results here (default: validate_<model>_seed<seed>.json beside the set, "
                         "or the next free _<k> name; never overwritten)")
@@ -67,6 +89,7 @@ def main(argv=None):
     for value, name in ((args.epochs, "--epochs"), (args.save_every, "--save_every"),
                         (args.batch_size, "--batch_size"), (args.num_eval, "--num_eval"), (args.ipc, "--ipc")):
         check_at_least(value, name, 0 if name == "--epochs" else 1)
+    check_at_least(args.random_real, "--random_real", 0)
     milestones = parse_int_list(args.lr_decay_step, "--lr_decay_step")
     augment = dsa_augmenter(args.dsa_strategy) if args.dsa else None
     if args.result_json and Path(args.result_json).exists():
@@ -88,6 +111,13 @@ def main(argv=None):
                         f"{(spec.channel, *spec.im_size)}; pass the --dataset the set was distilled from")
     if labels.min() < 0 or labels.max() >= spec.num_classes:
         raise UserError(f"{args.synthesis_data_path}: labels outside 0..{spec.num_classes - 1} of {spec.name}")
+    per_class = labels.bincount(minlength=spec.num_classes).tolist()
+    if args.random_real:
+        have = data.train.class_counts().tolist()
+        short = [c for c in range(spec.num_classes) if per_class[c] > have[c]]
+        if short:
+            raise UserError(f"--random_real: class {short[0]} of {spec.name} has {have[short[0]]} training images, "
+                            f"fewer than the set's {per_class[short[0]]}")
     images, labels = images.to(device), labels.to(device)
     # Synthetic sets live in normalized space (as the paper's methods produce them); without
     # --normalize_data the real test set is in pixel space, so map the synthetic images there too.
@@ -140,6 +170,8 @@ def _train_and_report(args, runtime, seed, synthetic, content, data, milestones,
     logger.info("%s on %s (%d networks): final test acc %s | max over %d test evaluations %s (optimistic: "
                 "chosen on the test set; report the final one)", args.model, Path(args.synthesis_data_path).name,
                 args.num_eval, mean_std(result.final), tests, mean_std(result.best))
+    with runtime.autocast():
+        comparison = _compare_with_real_data(args, runtime, seed, result.final, labels, data, schedule, network)
     if dist.is_main:
         record = {"synthesis_data_path": str(args.synthesis_data_path), "experiment": args.experiment,
                   "dataset": spec.name, "model": args.model, "method": args.method, "ipc": args.ipc, "seed": seed,
@@ -151,7 +183,7 @@ def _train_and_report(args, runtime, seed, synthetic, content, data, milestones,
                   "test_every": args.save_every, "test_evaluations": tests,
                   "best_is": "the maximum over the test evaluations (optimistic); 'final' is the headline number",
                   "wall_time_s": round(time.time() - start, 2), "settings_of_the_set": content.get("config"),
-                  "seed_of_the_set": content.get("seed"), "args": vars(args), "command": sys.argv}
+                  "seed_of_the_set": content.get("seed"), "args": vars(args), "command": sys.argv, **comparison}
         default = Path(args.synthesis_data_path).with_name(f"validate_{args.model}_seed{seed}.json")
         if args.result_json:
             ensure_dir(Path(args.result_json).parent, "--result_json")
@@ -167,6 +199,51 @@ def _train_and_report(args, runtime, seed, synthetic, content, data, milestones,
             logger.info("saved network %d's weights at its highest test accuracy to %s", k, path)
     distributed.barrier(dist)
     return result
+
+
+def _compare_with_real_data(args, runtime, seed: int, set_final: list[float], set_labels, data, schedule: Schedule,
+                            network: NetworkSpec) -> dict:
+    """The same evaluation (networks and their seeds, epochs, augmentation, learning rate) trained on random
+    real subsets with the set's images per class (IOR) and on the whole training set (HLR). Each difference
+    pairs evaluation network k with network k: same seed, so the same initial weights."""
+    logger, record, seeds = get_logger(), {}, [seed + k for k in range(args.num_eval)]
+    per_class = set_labels.bincount(minlength=data.spec.num_classes).tolist()
+    if args.random_real:
+        subset_seed = seed if args.random_real_seed is None else args.random_real_seed
+        accs = []
+        for draw in range(args.random_real):
+            # a CPU generator: the same subsets on every device
+            idx = data.train.random_subset_indices(per_class, make_generator(derive_seed(subset_seed, "random real",
+                                                                                         draw)))
+            subset = TensorSource(data.train.images(idx), data.train.labels[idx], data.spec.num_classes)
+            accs.append(train_and_test(network, seeds, subset, data.test, schedule, runtime=runtime).final)
+        ior = [s - a for row in accs for s, a in zip(set_final, row)]
+        logger.info("random real, %d subset(s) of %s images per class (seed %d): final test acc %s | IOR = acc(set) "
+                    "- acc(random real) %s points", args.random_real, _counts_text(per_class), subset_seed,
+                    mean_std([a for row in accs for a in row]), signed_mean_std(ior))
+        record.update(random_real={"subsets": args.random_real, "seed": subset_seed, "images_per_class": per_class,
+                                   "final": accs}, ior=_summary(ior))
+    if args.full_data:
+        full = train_and_test(network, seeds, data.train, data.test, schedule, runtime=runtime).final
+        hlr = [f - s for f, s in zip(full, set_final)]
+        logger.info("full training set (%d images): final test acc %s | HLR = acc(full) - acc(set) %s points",
+                    len(data.train), mean_std(full), signed_mean_std(hlr))
+        record.update(full_data={"images": len(data.train), "final": full}, hlr=_summary(hlr))
+    return record
+
+
+def _counts_text(per_class: list[int]) -> str:
+    return str(per_class[0]) if len(set(per_class)) == 1 else "/".join(map(str, per_class))
+
+
+def _summary(values: list[float]) -> dict:
+    """Differences of accuracies (fractions), with their mean and population std, as the report's other stats."""
+    return {"values": values, "mean": float(np.mean(values)), "std": float(np.std(values))}
+
+
+def signed_mean_std(values) -> str:
+    values = np.asarray(values, dtype=float) * 100
+    return f"{values.mean():+.2f} ± {values.std():.2f}"
 
 
 def test_evaluations(epochs: int, every: int) -> int:

@@ -172,3 +172,74 @@ def test_validate_missing_file_exits_nonzero_from_the_shell(workdir):
     cmd = [sys.executable, str(ROOT / "validate.py"), "--dataset", "Digits", "--synthesis_data_path", "nope.pt"]
     proc = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert proc.returncode != 0 and "nope.pt" in proc.stderr and "Traceback" not in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------------ IOR / HLR
+def test_random_subset_indices_draw_per_class_counts_without_replacement():
+    train = load_dataset("Digits").train
+    per_class = [3, 0, 1, 5, 2, 2, 2, 2, 2, 4]
+    idx = train.random_subset_indices(per_class, torch.Generator().manual_seed(1))
+    labels = train.labels[idx]
+    assert labels.tolist() == [c for c, n in enumerate(per_class) for _ in range(n)]  # class-major
+    assert len(set(idx.tolist())) == len(idx)  # without replacement
+    again = train.random_subset_indices(per_class, torch.Generator().manual_seed(1))
+    other = train.random_subset_indices(per_class, torch.Generator().manual_seed(2))
+    assert torch.equal(idx, again) and not torch.equal(idx, other)
+    draws = torch.stack([train.random_subset_indices([1] * 10, torch.Generator().manual_seed(s)) for s in range(200)])
+    assert all(len(set(column.tolist())) > 50 for column in draws.T)  # each class: many different images drawn
+    with pytest.raises(ValueError, match="fewer than"):
+        train.random_subset_indices([1000] * 10, torch.Generator().manual_seed(0))
+
+
+def test_validate_reports_ior_and_hlr_with_the_same_evaluation(workdir):
+    """--random_real K: the random subsets get the set's images per class, are drawn from the recorded seed, and
+    are trained exactly as the set is: validating subset k as a set of its own gives the same accuracies.
+    IOR and HLR pair evaluation network j with network j."""
+    path = _real_subset_file(workdir / "res.pt", paper_format=False)
+    common = ["--dataset", "Digits", "--model", "ConvNetW32", "--normalize_data", "--dsa", "--epochs", "6",
+              "--save_every", "6", "--lr_decay_step", "3", "--num_eval", "2", "--random_seed", "0", "--gpu", "cpu"]
+    assert run_cli(validate.main, [*common, "--synthesis_data_path", str(path), "--random_real", "2",
+                                   "--random_real_seed", "7", "--full_data", "--result_json", "protocol.json"]) == 0
+    record = json.loads((workdir / "protocol.json").read_text())
+    real = record["random_real"]
+    assert real["seed"] == 7 and real["subsets"] == 2 and real["images_per_class"] == [10] * 10
+    assert len(real["final"]) == 2 and all(len(row) == 2 for row in real["final"])
+    expected_ior = [s - r for row in real["final"] for s, r in zip(record["final"], row)]
+    assert record["ior"]["values"] == pytest.approx(expected_ior, abs=1e-12)
+    assert record["ior"]["mean"] == pytest.approx(np.mean(expected_ior)) and record["ior"]["std"] >= 0
+    assert record["full_data"]["images"] == 1198 and len(record["full_data"]["final"]) == 2
+    expected_hlr = [f - s for f, s in zip(record["full_data"]["final"], record["final"])]
+    assert record["hlr"]["values"] == pytest.approx(expected_hlr, abs=1e-12)
+    log = (workdir / "validate_ConvNetW32.log").read_text()
+    assert "IOR = acc(set) - acc(random real)" in log and "HLR = acc(full) - acc(set)" in log
+
+    # subset 1, drawn independently from the recorded seed and validated as a set of its own
+    from utils.misc import derive_seed
+
+    data = load_dataset("Digits")
+    idx = data.train.random_subset_indices([10] * 10, torch.Generator().manual_seed(derive_seed(7, "random real", 1)))
+    torch.save({"data": [[data.train.images(idx), data.train.labels[idx]]]}, workdir / "subset1.pt")
+    assert run_cli(validate.main, [*common, "--synthesis_data_path", str(workdir / "subset1.pt"),
+                                   "--result_json", "subset1.json"]) == 0
+    assert json.loads((workdir / "subset1.json").read_text())["final"] == real["final"][1]
+
+
+def test_validate_refuses_random_real_larger_than_a_class(workdir, capsys):
+    data = load_dataset("Digits")
+    path = workdir / "big.pt"
+    torch.save({"data": [[torch.zeros(2000, 1, 8, 8), torch.arange(10).repeat_interleave(200)]]}, path)
+    assert run_cli(validate.main, ["--dataset", "Digits", "--synthesis_data_path", str(path), "--epochs", "1",
+                                   "--random_real", "1"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--random_real" in err[0] and str(int(data.train.class_counts()[0])) in err[0]
+
+
+def test_a_saved_set_loads_as_the_fields_tools_read_one(workdir):
+    """DC/DSA/DM/MTT code across the field reads `torch.load(f)['data'][-1]` as (images, labels)."""
+    from methods.DC_DSA_DM import main as dc_cli
+
+    result = dc_cli.main(["--dataset", "Digits", "--ipc", "2", "--Iteration", "1", "--num_eval", "0", "--num_exp",
+                          "2", "--batch_real", "8", "--random_seed", "0", "--save_path", "out"])
+    images, labels = torch.load(result)["data"][-1]
+    assert images.shape == (20, 1, 8, 8) and images.dtype == torch.float32
+    assert labels.dtype == torch.long and labels.tolist() == [c for c in range(10) for _ in range(2)]

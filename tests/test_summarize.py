@@ -140,3 +140,30 @@ def test_bad_input_is_one_line(sweep, capsys, argv, message):
     assert run_cli(summarize.main, argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("error:") and message in err[-1]
+
+
+def test_ior_and_hlr_columns_where_validate_measured_them(tmp_path, capsys):
+    """Two seeds' validate.py reports with --random_real/--full_data and one without: one row, the gaps pooled
+    over the reports that have them (in points); no IOR/HLR columns when no report has them."""
+    base = {"model": "ConvNet", "dataset": "Digits", "method": "DM", "ipc": 10, "epochs": 300, "dsa": True,
+            "settings_of_the_set": {"method": "DM", "dataset": "Digits", "ipc": 10, "model": "ConvNet"}}
+    reports = [
+        {**base, "seed": 0, "final": [0.9, 0.8], "ior": {"values": [0.1, 0.3]}, "hlr": {"values": [0.05, 0.15]}},
+        {**base, "seed": 1, "final": [0.7, 0.6], "ior": {"values": [0.2, 0.2]}},
+        {**base, "seed": 2, "final": [0.5]},
+    ]
+    for k, report in enumerate(reports):
+        (tmp_path / f"validate_ConvNet_seed{k}.json").write_text(json.dumps(report))
+    [row], _ = table(capsys, str(tmp_path))
+    assert row["ConvNet acc. (%)"] == "70.00 ± 14.14" and row["runs"] == "3"
+    assert row["IOR (points)"] == f"+20.00 ± {np.std([10, 30, 20, 20]):.2f}" and row["HLR (points)"] == "+10.00 ± 5.00"
+    assert run_cli(summarize.main, [str(tmp_path), "--format", "json"]) == 0
+    [entry] = json.loads(capsys.readouterr().out)
+    assert entry["accuracy"]["ior"]["n"] == 4 and entry["accuracy"]["hlr"]["mean"] == pytest.approx(10.0)
+    assert run_cli(summarize.main, [str(tmp_path), "--format", "csv"]) == 0
+    [line] = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert float(line["ior mean"]) == pytest.approx(20.0) and line["hlr n"] == "2"
+    (tmp_path / "validate_ConvNet_seed0.json").unlink()
+    (tmp_path / "validate_ConvNet_seed1.json").unlink()
+    [row], _ = table(capsys, str(tmp_path))
+    assert "IOR (points)" not in row and "HLR (points)" not in row

@@ -41,6 +41,9 @@ NOT_SETTINGS = frozenset({
 VALIDATE_SETTINGS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_decay_step", "dsa",
                      "dsa_strategy", "normalize_data")
 
+# validate.py's comparisons with real data (DD-Ranking): key in its report -> header.
+GAPS = {"ior": "IOR (points)", "hlr": "HLR (points)"}
+
 # The table's columns before the accuracies: (name, header).
 COLUMNS = (("dataset", "data set"), ("method", "method"), ("ipc", "ipc"), ("model", "model"),
            ("clom", "CLoM"), ("pool", "pool"), ("source", "source"), ("alpha", "α"),
@@ -63,6 +66,8 @@ class Record:
     experiments: int  # synthetic sets the file holds (validate: the one it evaluated)
     networks: int  # evaluation networks per experiment and model (0: not evaluated)
     diverged: int = 0  # evaluation networks whose weights turned NaN/inf (validate reports)
+    # validate.py --random_real / --full_data: IOR = acc(set) - acc(random real), HLR = acc(full) - acc(set)
+    gaps: dict[str, list[float]] = field(default_factory=dict)  # 'ior' | 'hlr' -> per network pair, fractions
 
     def key(self) -> tuple:
         """What makes two records one row: the kind and every setting but the seed-like ones."""
@@ -96,6 +101,10 @@ class Row:
     def accuracies(self, model: str) -> list[float]:
         """Every network's final accuracy (in %) of `model`, over all experiments of all runs."""
         return [100 * a for r in self.records for exp in r.accs.get(model, []) for a in exp]
+
+    def gaps(self, name: str) -> list[float]:
+        """Every IOR or HLR value (in points) of the row's validate reports that have it."""
+        return [100 * v for r in self.records for v in r.gaps.get(name, [])]
 
     def experiments(self) -> int:
         return sum(r.experiments for r in self.records)
@@ -209,8 +218,10 @@ def _validate_record(path: Path) -> Record:
     accs = {str(report["model"]): [[float(a) for a in report["final"]]]}
     diverged = report.get("diverged_at_epoch")
     diverged = sum(epoch is not None for epoch in diverged) if isinstance(diverged, list) else 0
+    gaps = {name: [float(v) for v in report[name]["values"]] for name in GAPS
+            if isinstance(report.get(name), dict) and isinstance(report[name].get("values"), list)}
     return Record(str(path), VALIDATE, settings, None if seed is None else int(seed), accs,
-                  None if wall is None else float(wall), 1, len(report["final"]), diverged)
+                  None if wall is None else float(wall), 1, len(report["final"]), diverged, gaps)
 
 
 def flatten_config(config: dict) -> dict[str, Any]:

@@ -116,3 +116,21 @@ class ImageSet:
         """(num_classes, n', C, H, W) images; see sample_per_class_indices."""
         indices = self.sample_per_class_indices(n, generator)
         return self.images(indices.reshape(-1)).view(*indices.shape, *self.image_shape)
+
+    def random_subset_indices(self, per_class: list[int], generator: torch.Generator) -> torch.Tensor:
+        """Indices of a uniform random subset with per_class[c] images of class c, without replacement,
+        class-major (class 0's, then class 1's, ...): e.g. the random real images a synthetic set of the same
+        size per class is compared with."""
+        if len(per_class) != self.num_classes:
+            raise ValueError(f"per_class has {len(per_class)} entries for {self.num_classes} classes")
+        short = [c for c, (want, have) in enumerate(zip(per_class, self._count_list)) if want > have]
+        if short:
+            c = short[0]
+            raise ValueError(f"class {c} has {self._count_list[c]} images, fewer than the {per_class[c]} asked for")
+        keys = _random_keys(tuple(self._padded.shape), generator, self.device)
+        keys.masked_fill_(~self._valid, 2.0)  # filler last
+        shuffled = self._padded.gather(1, keys.argsort(dim=1))
+        wanted = torch.as_tensor(per_class, device=self.device)
+        take = torch.arange(shuffled.shape[1], device=self.device) < wanted[:, None]
+        return shuffled[take]  # row by row: class-major
+
