@@ -53,7 +53,7 @@ def get_args_parser() -> argparse.ArgumentParser:
 def main(argv=None) -> list[Row]:
     args = get_args_parser().parse_args(argv)
     if args.format not in FORMATS:
-        from utils.misc import UserError
+        from utils.errors import UserError
 
         raise UserError(f"--format must be one of {', '.join(FORMATS)}, got {args.format!r}")
     sort = [key.strip() for key in args.sort.split(",") if key.strip()]

@@ -16,9 +16,19 @@ import time
 import torch
 
 from utils import distributed
-from utils.cli import check_at_least, check_output_path, fix_seed, parse_flags, run_cli, start_process, training_parser
+from utils.cli import (
+    check_at_least,
+    check_output_path,
+    fix_seed,
+    parse_flags,
+    parse_int_list,
+    run_cli,
+    start_process,
+    training_parser,
+)
 from utils.data import load_dataset
 from utils.engine import EpochHook, Schedule, build_seeded_network, evaluate_models, train_models
+from utils.errors import UserError
 from utils.io import (
     POOL_INFO_NAME,
     RunDirClaims,
@@ -27,8 +37,9 @@ from utils.io import (
     pool_arch_dir,
     pool_checkpoint_path,
 )
-from utils.misc import UserError, make_generator, parse_int_list, setup_logging
+from utils.log import setup_logging
 from utils.runtime import fast_paths_note, training_steps
+from utils.seeding import make_generator
 
 
 class NonFiniteTrainingError(UserError):

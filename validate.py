@@ -32,6 +32,7 @@ from utils.cli import (
     check_output_path,
     fix_seed,
     parse_flags,
+    parse_int_list,
     run_cli,
     seed_int,
     start_process,
@@ -39,6 +40,7 @@ from utils.cli import (
 )
 from utils.data import get_dataset_spec, load_dataset
 from utils.engine import NetworkSpec, Schedule, TensorSource, train_and_test
+from utils.errors import UserError
 from utils.io import (
     RunDirClaims,
     atomic_json_save,
@@ -48,8 +50,9 @@ from utils.io import (
     save_new_file,
     to_plain,
 )
-from utils.misc import UserError, derive_seed, get_logger, make_generator, parse_int_list, setup_logging
+from utils.log import get_logger, setup_logging
 from utils.runtime import fast_paths_note, training_steps
+from utils.seeding import derive_seed, make_generator
 
 
 def get_args_parser() -> argparse.ArgumentParser:

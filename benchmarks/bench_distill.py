@@ -51,8 +51,8 @@ from methods.reference import distribution_matching_loss_loop, gradient_matching
 from networks import build_network  # noqa: E402
 from utils.augment import DEFAULT_DSA_STRATEGY, DISTILLATION_DSA, dsa_augment, dsa_augmenter, siamese_augment  # noqa: E402
 from utils.engine import Schedule, TensorSource, train_models  # noqa: E402
-from utils.misc import make_generator  # noqa: E402
 from utils.runtime import PRECISIONS, make_runtime  # noqa: E402
+from utils.seeding import make_generator  # noqa: E402
 
 PATHS = ("loop", "batched", "default")
 

@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from methods.DC_DSA_DM import distribution_matching as dm  # noqa: E402
 from networks import build_network  # noqa: E402
 from utils import fast  # noqa: E402
-from utils.misc import make_generator  # noqa: E402
+from utils.seeding import make_generator  # noqa: E402
 
 MODES = ("eager", "default", "reduce-overhead")
 

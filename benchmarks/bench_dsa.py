@@ -27,7 +27,7 @@ from utils.augment import (  # noqa: E402
     gather_params,
     siamese_augment,
 )
-from utils.misc import make_generator  # noqa: E402
+from utils.seeding import make_generator  # noqa: E402
 
 
 def one_op_per_call(real, syn, generator):

@@ -31,8 +31,8 @@ from utils.engine import (  # noqa: E402
     paper_eval_schedule,
     train_models,
 )
-from utils.misc import make_generator  # noqa: E402
 from utils.runtime import PRECISIONS, make_runtime  # noqa: E402
+from utils.seeding import make_generator  # noqa: E402
 
 PATHS = {"one by one": dict(stack=False, compiled=False), "stacked": dict(stack=True, compiled=False)}
 

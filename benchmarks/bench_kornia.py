@@ -36,8 +36,8 @@ from utils.augment import (  # noqa: E402
     draw_dc_params,
     draw_dsa_params,
 )
-from utils.misc import make_generator  # noqa: E402
 from utils.pools import InputAdapter, InputSpace  # noqa: E402
+from utils.seeding import make_generator  # noqa: E402
 
 KT = kornia.geometry.transform
 

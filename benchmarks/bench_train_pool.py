@@ -19,7 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils.engine import Schedule, TensorSource, build_seeded_network, train_models  # noqa: E402
-from utils.misc import make_generator  # noqa: E402
+from utils.seeding import make_generator  # noqa: E402
 
 
 def time_training(stack: bool, args, source, device) -> float:

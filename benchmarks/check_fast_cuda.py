@@ -9,7 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from utils import fast  # noqa: E402
 from utils.engine import Schedule, TensorSource, build_seeded_network, train_models  # noqa: E402
-from utils.misc import make_generator  # noqa: E402
+from utils.seeding import make_generator  # noqa: E402
 
 torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
 dev = torch.device("cuda")

@@ -28,7 +28,7 @@ from benchmarks.bench_distill import make_step  # noqa: E402
 from methods.DC_DSA_DM.gradient_matching import MatchingExecution, get_loops  # noqa: E402
 from networks import build_network  # noqa: E402
 from utils.engine import Schedule, TensorSource, train_models  # noqa: E402
-from utils.misc import make_generator  # noqa: E402
+from utils.seeding import make_generator  # noqa: E402
 
 
 def count(fn) -> int:

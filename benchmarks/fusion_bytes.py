@@ -36,7 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from networks import build_network  # noqa: E402
 from utils.fast import _sgd_step_function  # noqa: E402
-from utils.misc import make_generator  # noqa: E402
+from utils.seeding import make_generator  # noqa: E402
 
 
 def tensor_bytes(value) -> int:

@@ -36,9 +36,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from utils.engine import ImageSource
+from utils.errors import SettingError, UserError
 from utils.io import POOL_ROOT
-from utils.misc import SettingError, UserError, make_generator
 from utils.pools import InputSpace, PoolArch, draw_pool_member, load_pool, make_input_adapter
+from utils.seeding import make_generator
 
 DISTANCES = ("ce", "cos", "ce_plain")
 FEATURES = ("embed", "logits")

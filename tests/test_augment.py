@@ -21,7 +21,7 @@ from utils.augment import (
     dsa_augment,
     dsa_augmenter,
 )
-from utils.misc import UserError
+from utils.errors import UserError
 
 SHAPES = [(1, 8, 8), (3, 32, 32)]
 FULL = "color_crop_cutout_flip_scale_rotate"

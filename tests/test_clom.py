@@ -11,8 +11,8 @@ from methods.DC_DSA_DM.flags import parse_weight_map
 from methods.reference import clom_direct
 from networks import build_network
 from utils.engine import TensorSource
+from utils.errors import UserError
 from utils.io import POOL_INFO_NAME, pool_checkpoint_path
-from utils.misc import UserError
 from utils.pools import InputSpace, load_pool, make_input_adapter
 
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)

@@ -27,7 +27,7 @@ from utils.augment import (
     siamese_augment,
 )
 from utils.engine import Schedule, TensorSource, build_seeded_network, evaluate_models, train_models
-from utils.misc import make_generator
+from utils.seeding import make_generator
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 CUDA = torch.device("cuda")

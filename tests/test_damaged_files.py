@@ -19,7 +19,7 @@ from conftest import write_cifar10, write_mnist, write_pathmnist, write_pickle, 
 
 from utils.data import load_dataset
 from utils.data.svhn import read_mat
-from utils.misc import UserError
+from utils.errors import UserError
 
 HUGE = 2**60
 

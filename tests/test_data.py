@@ -28,7 +28,8 @@ from PIL import Image
 import utils.data.load as load_module
 from utils.data import ImageSet, dataset_names, default_data_path, get_dataset_spec, load_dataset
 from utils.data.image_folders import resize_and_center_crop
-from utils.misc import UserError, make_generator
+from utils.errors import UserError
+from utils.seeding import make_generator
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 

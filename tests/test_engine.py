@@ -17,8 +17,8 @@ from utils.engine import (
     train_and_test,
     train_models,
 )
-from utils.misc import make_generator
 from utils.runtime import Runtime
+from utils.seeding import make_generator
 
 
 def _toy_source(n=48, seed=0):

@@ -15,7 +15,6 @@ from methods.DC_DSA_DM.distribution_matching import distribution_matching_loss
 from methods.DC_DSA_DM.gradient_matching import MatchingExecution, execution_for, gradient_matching_loss
 from utils import fast
 from utils.engine import EpochHook, Schedule, TensorSource, build_seeded_network, train_models
-from utils.misc import make_generator
 from utils.runtime import (
     CPU_COMPILE_MIN_ITERATIONS,
     CPU_COMPILE_MIN_TRAINING_STEPS,
@@ -24,6 +23,7 @@ from utils.runtime import (
     make_runtime,
     training_steps,
 )
+from utils.seeding import make_generator
 
 
 def toy_source(n=24, classes=4):

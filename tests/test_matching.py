@@ -22,7 +22,8 @@ from methods.DC_DSA_DM.gradient_matching import (
 from methods.reference import distribution_matching_loss_loop, gradient_matching_loss_loop
 from networks import build_network
 from utils.augment import DSAParams, siamese_augment
-from utils.misc import UserError, make_generator
+from utils.errors import UserError
+from utils.seeding import make_generator
 
 TOL = dict(rtol=1e-8, atol=1e-10)
 C, N_REAL, IPC = 3, 5, 2

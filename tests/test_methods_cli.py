@@ -15,7 +15,8 @@ from methods.DC_DSA_DM import main as dc_cli
 from methods.DC_DSA_DM import main_DM as dm_cli
 from utils.augment import DEFAULT_DSA_STRATEGY
 from utils.cli import run_cli
-from utils.misc import UserError, derive_seed
+from utils.errors import UserError
+from utils.seeding import derive_seed
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--dataset", "Digits", "--batch_real", "16", "--epoch_eval_train", "2", "--random_seed", "0"]

@@ -8,7 +8,7 @@ from torch.func import functional_call, grad, stack_module_state, vmap
 import networks
 from networks import registry
 from networks.foundation import FoundationModelError, build_foundation_model, unwrap_state_dict
-from utils.misc import UserError
+from utils.errors import UserError
 from utils.pools import load_pool
 
 NAMES = networks.list_networks()

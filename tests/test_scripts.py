@@ -214,7 +214,7 @@ def test_validate_reports_ior_and_hlr_with_the_same_evaluation(workdir):
     assert "IOR = acc(set) - acc(random real)" in log and "HLR = acc(full) - acc(set)" in log
 
     # subset 1, drawn independently from the recorded seed and validated as a set of its own
-    from utils.misc import derive_seed
+    from utils.seeding import derive_seed
 
     data = load_dataset("Digits")
     idx = data.train.random_subset_indices([10] * 10, torch.Generator().manual_seed(derive_seed(7, "random real", 1)))

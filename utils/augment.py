@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from utils.misc import UserError
+from utils.errors import UserError
 
 try:  # kornia is in requirements.txt; without it (e.g. a bare GPU image) the gather below gives the same values
     from kornia.geometry.transform import translate

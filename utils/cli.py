@@ -19,8 +19,9 @@ from networks import list_networks
 from utils import distributed
 from utils.data import dataset_names
 from utils.distributed import DistInfo
-from utils.misc import UserError, resolve_seed, seed_everything
+from utils.errors import UserError
 from utils.runtime import PRECISIONS, Runtime, make_runtime
+from utils.seeding import resolve_seed, seed_everything
 
 
 class HelpFormatter(argparse.RawDescriptionHelpFormatter):
@@ -229,3 +230,11 @@ def run_cli(main, argv=None) -> int:
         sys.stderr.write("interrupted: results saved so far are kept\n")
         return 130
     return 0
+
+
+def parse_int_list(text: str, what: str) -> list[int]:
+    """'50,100' -> [50, 100]; '' -> []."""
+    try:
+        return [int(part) for part in str(text).replace(" ", "").split(",") if part != ""]
+    except ValueError:
+        raise UserError(f"{what} must be comma-separated whole numbers such as '50,100', got {text!r}") from None

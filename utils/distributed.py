@@ -8,7 +8,7 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as torch_dist
 
-from utils.misc import UserError, resolve_device
+from utils.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -101,3 +101,19 @@ def multigpu_notice(multigpu: str | None) -> str | None:
         return None
     return (f"--multigpu {multigpu}: one process drives one GPU (--gpu); to use several GPUs run the same "
             "command under `torchrun --nproc_per_node N` (see README)")
+
+
+def resolve_device(gpu: str | int | None = 0) -> torch.device:
+    """CUDA card `gpu` when CUDA is present, else the CPU. `gpu` may be an int, '0', 'cpu' or 'cuda:1'."""
+    text = str(gpu if gpu is not None else 0).strip().lower()
+    if text == "cpu" or not torch.cuda.is_available():
+        return torch.device("cpu")
+    if text.startswith("cuda"):
+        text = text.split(":", 1)[1] if ":" in text else "0"
+    first = text.split(",")[0]
+    if not first.isdigit():
+        raise UserError(f"--gpu must be a card number such as 0 (or 'cpu'), got {gpu!r}")
+    index = int(first)
+    if index >= torch.cuda.device_count():
+        raise UserError(f"--gpu {index}: only {torch.cuda.device_count()} CUDA device(s) are visible")
+    return torch.device("cuda", index)

@@ -26,8 +26,9 @@ from networks import build_network, supports_stacking
 from utils.augment import Augment, DSAAugmenter
 from utils.distributed import gather_objects, split_range
 from utils.fast import CompiledTrainer, fast_path_available
-from utils.misc import make_generator, progress_disabled
+from utils.log import progress_disabled
 from utils.runtime import Runtime, training_steps
+from utils.seeding import make_generator
 
 
 class ImageSource(Protocol):

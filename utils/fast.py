@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, grad, stack_module_state, vmap
 
-from utils.misc import get_logger
+from utils.log import get_logger
 
 _COMPILED: dict[tuple, object] = {}
 _BROKEN: list[str] = []  # why the fast path was given up in this process (empty: it works)

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from networks.foundation import unwrap_state_dict
-from utils.misc import UserError, one_line
+from utils.errors import UserError, one_line
 
 POOL_ROOT = "pretrained_model"
 POOL_INFO_NAME = "model_info.json"

@@ -24,6 +24,7 @@ except ImportError:  # pragma: no cover - depends on the environment
 from networks import build_network, list_networks
 from networks.foundation import FoundationModelError, build_foundation_model, is_foundation_name
 from utils.data import get_dataset_spec
+from utils.errors import UserError, one_line
 from utils.io import (
     POOL_INFO_NAME,
     POOL_ROOT,
@@ -35,7 +36,9 @@ from utils.io import (
     pool_checkpoint_path,
     pool_run_dir,
 )
-from utils.misc import UserError, get_logger, one_line
+
+# ---------------------------------------------------------------- input spaces and the adapter between them
+from utils.log import get_logger
 
 
 # ---------------------------------------------------------------- input spaces and the adapter between them

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 
 from utils.data import dataset_names
+from utils.errors import UserError
 from utils.io import load_json, safe_torch_load
-from utils.misc import UserError
 
 RESULT_PATTERN = "res_*.pt"
 VALIDATE_PATTERN = "validate_*.json"

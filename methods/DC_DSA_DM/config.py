@@ -22,7 +22,7 @@ from utils.augment import (
     dsa_augmenter,
     is_identity,
 )
-from utils.misc import SettingError
+from utils.errors import SettingError
 
 METHODS = ("DC", "DSA", "DM")
 EVAL_EVERY = {"DC": 500, "DSA": 500, "DM": 2000}  # the paper's evaluation interval (eval modes S and SS)

@@ -34,8 +34,10 @@ from methods.DC_DSA_DM.synset import class_labels, initial_images, visualization
 from utils.data import LoadedDataset
 from utils.distributed import DistInfo, all_reduce_sum_, barrier, split_range
 from utils.engine import NetworkSpec, TensorSource, build_seeded_network, paper_eval_schedule, train_and_test
-from utils.misc import UserError, derive_seed, get_logger, make_generator, progress_disabled
+from utils.errors import UserError
+from utils.log import get_logger, progress_disabled
 from utils.runtime import Runtime
+from utils.seeding import derive_seed, make_generator
 
 
 class NonFiniteLossError(UserError):

@@ -42,9 +42,11 @@ from utils.cli import (
     start_process,
 )
 from utils.data import load_dataset
-from utils.misc import SettingError, UserError, derive_seed, setup_logging
+from utils.errors import SettingError, UserError
+from utils.log import setup_logging
 from utils.pools import InputSpace, check_pool
 from utils.runtime import fast_paths_note
+from utils.seeding import derive_seed
 
 # Setting (DistillConfig / ClomOptions field) -> the flag that sets it, for error messages.
 FLAG_OF = {"iterations": "--Iteration", "seed": "--random_seed", "download": "--no_download",

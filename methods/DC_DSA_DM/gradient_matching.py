@@ -32,8 +32,8 @@ from methods.DC_DSA_DM.synset import RealSampler, class_labels, per_class
 from networks import batchnorm_layers, has_batchnorm
 from utils.augment import DISTILLATION_DSA, dsa_augmenter, siamese_augment
 from utils.engine import Schedule, TensorSource, train_models
+from utils.errors import UserError
 from utils.fast import cached_compile, model_key, run_or_fall_back
-from utils.misc import UserError
 
 # The paper's (outer_loop, inner_loop) per ipc.
 LOOPS = {1: (1, 1), 10: (10, 50), 20: (20, 25), 30: (30, 20), 40: (40, 15), 50: (50, 10)}

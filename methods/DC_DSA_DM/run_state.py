@@ -33,6 +33,7 @@ from methods.DC_DSA_DM.config import DistillConfig
 from utils import distributed
 from utils.data import get_dataset_spec
 from utils.distributed import DistInfo
+from utils.errors import UserError
 from utils.io import (
     DamagedFile,
     FolderLock,
@@ -48,7 +49,8 @@ from utils.io import (
     safe_torch_load,
     to_plain,
 )
-from utils.misc import UserError, get_logger, resolve_seed
+from utils.log import get_logger
+from utils.seeding import resolve_seed
 
 # Settings that do not change the synthetic set: a run may be resumed with other values of these.
 OPERATIONAL_SETTINGS = ("data_path", "save_path", "download", "checkpoint_every", "resume", "stop_after",

@@ -14,7 +14,7 @@ from torch import Tensor
 from torchvision.utils import save_image
 
 from utils.data import ImageSet
-from utils.misc import SettingError
+from utils.errors import SettingError
 
 INITS = ("noise", "real")
 # (n, generator) -> (C, n, ch, H, W): n random real images of every class (ImageSet.sample_per_class).

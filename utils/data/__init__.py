@@ -10,7 +10,8 @@
 from networks.foundation import IMAGENET_MEAN, IMAGENET_STD
 from utils.data.imageset import ImageSet
 from utils.data.load import DOWNLOAD_SOCKET_TIMEOUT_S, FLOAT_STORAGE_LIMIT_BYTES, LoadedDataset, load_dataset
-from utils.data.table import DatasetSpec, dataset_names, default_data_path, get_dataset_spec
+from utils.data.spec import DatasetSpec
+from utils.data.table import dataset_names, default_data_path, get_dataset_spec
 
 __all__ = [
     "DOWNLOAD_SOCKET_TIMEOUT_S",

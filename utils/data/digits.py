@@ -6,14 +6,11 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from utils.data.raw import RawDataset, RawSplit
-
-if TYPE_CHECKING:
-    from utils.data.table import DatasetSpec
+from utils.data.spec import DatasetSpec
 
 
 @cache

@@ -8,14 +8,11 @@ import math
 import struct
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from utils.data.raw import FormatError, RawDataset, RawSplit, reading
-
-if TYPE_CHECKING:
-    from utils.data.table import DatasetSpec
+from utils.data.spec import DatasetSpec
 
 IDX_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),

@@ -12,14 +12,11 @@ import os
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from utils.data.raw import FormatError, RawDataset, RawSplit, first_folder, reading
-
-if TYPE_CHECKING:
-    from utils.data.table import DatasetSpec
+from utils.data.spec import DatasetSpec
 
 _IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
 

@@ -22,8 +22,12 @@ import torch
 
 from utils.data.imageset import ImageSet
 from utils.data.raw import FormatError, RawDataset, RawSplit, reading
-from utils.data.table import DatasetSpec, DiskFormat, default_data_path, get_dataset_spec, table_row
-from utils.misc import UserError, get_logger, one_line
+from utils.data.spec import DatasetSpec
+from utils.data.table import DiskFormat, default_data_path, get_dataset_spec, table_row
+from utils.errors import UserError, one_line
+
+# A split larger than this as float32 is kept as uint8 on the device (4x smaller) and normalized per batch.
+from utils.log import get_logger
 
 # A split larger than this as float32 is kept as uint8 on the device (4x smaller) and normalized per batch.
 FLOAT_STORAGE_LIMIT_BYTES = 1 << 30

@@ -5,14 +5,11 @@ from __future__ import annotations
 import math
 import zipfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from utils.data.raw import FormatError, RawDataset, RawSplit, first_folder, has_files, reading
-
-if TYPE_CHECKING:
-    from utils.data.table import DatasetSpec
+from utils.data.spec import DatasetSpec
 
 _PATHMNIST_NAMES = (
     "adipose", "background", "debris", "lymphocytes", "mucus", "smooth muscle",

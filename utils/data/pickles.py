@@ -15,14 +15,11 @@ import pickletools
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from utils.data.raw import FormatError, RawDataset, RawSplit, first_folder, has_files, reading
-
-if TYPE_CHECKING:
-    from utils.data.table import DatasetSpec
+from utils.data.spec import DatasetSpec
 
 
 class _ArrayUnpickler(pickle.Unpickler):

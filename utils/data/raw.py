@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from utils.misc import one_line
+from utils.errors import one_line
 
 
 @dataclass

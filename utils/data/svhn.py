@@ -13,14 +13,11 @@ import math
 import struct
 import zlib
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
 from utils.data.raw import FormatError, RawDataset, RawSplit, first_folder, has_files, reading
-
-if TYPE_CHECKING:
-    from utils.data.table import DatasetSpec
+from utils.data.spec import DatasetSpec
 
 # MAT-file level 5 data types (the numeric ones, as numpy kinds) and the two container types
 _NUMERIC = {1: "i1", 2: "u1", 3: "i2", 4: "u2", 5: "i4", 6: "u4", 7: "f4", 9: "f8", 12: "i8", 13: "u8"}

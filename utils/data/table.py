@@ -25,20 +25,9 @@ from utils.data.pickles import (
     read_imagenet32,
 )
 from utils.data.raw import RawDataset
+from utils.data.spec import DatasetSpec
 from utils.data.svhn import find_svhn, read_svhn
-from utils.misc import UserError
-
-
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: str
-    channel: int
-    im_size: tuple[int, int]
-    num_classes: int
-    mean: tuple[float, ...]
-    std: tuple[float, ...]  # Digits: computed from its train split
-    expected_files: str  # human text for error messages
-    downloadable: bool  # torchvision can download it
+from utils.errors import UserError
 
 
 @dataclass(frozen=True)
