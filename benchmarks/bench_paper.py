@@ -14,14 +14,9 @@ trains 2 networks for 20 epochs with DSA on a 10-images-per-class set (validate.
 validate.py trains one network per command, so it runs twice, ours once with --num_eval 2).
 
 The paper code is not part of this repository: pass a checkout of it (its repository root, holding
-methods/DC_DSA_DM/ and utils_clom/). Nothing of it is changed on disk; its child process gets three run-time
-stand-ins: get_dataset returns the tensors of the pickles (its own loader insists on downloading and on the
-real files' checksums; utils_clom's get_dataset likewise — its stand-in skips the per-image PIL transforms of
-the real loader, so it flatters the paper code), get_network notes the time, set_gpu keeps the model where it
-is (on a CPU), and — on a machine without CUDA only — Tensor.cuda is the
-identity, because its CLoM cosine term hard-codes .cuda(). Its main_DM.py as published cannot start: it imports
-a CCLoM class that utils_clom lacks and reads args.CCLoM, which its parser never defines; the child supplies both,
-switched off (CCLoM is never used unless args.CCLoM is set). CLoM cases give both tools one random ConvNet
+methods/DC_DSA_DM/ and utils_clom/). Nothing of it is changed on disk; its child process gets the run-time
+stand-ins of paper_code.py (our data's tensors for its downloading loaders, .cuda() as the identity on a CPU,
+the CCLoM class its main_DM.py imports), and get_network notes the time. CLoM cases give both tools one random ConvNet
 "pre-trained" on CIFAR100 in the paper's layout (pretrained_model/CIFAR100/original/ConvNet/index_0/...).
 
     python benchmarks/bench_paper.py --paper-code ~/src/DDInterpreter                    # CPU cases
@@ -34,7 +29,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import pickle
 import runpy
 import statistics
 import subprocess
@@ -42,6 +36,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from paper_code import install_stand_ins, is_paper_checkout
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -72,7 +68,6 @@ WHOLE = {
     # the issue's evaluation goal: 20 networks x 1000 epochs; one of the paper's 20 commands is timed, x 20
     "eval20x1000": ("validate.py", [*_EVAL, "--epochs", "1000", "--save_every", "1000"], 1, ["--num_eval", "20"], 20),
 }
-CIFAR_MEAN, CIFAR_STD = [0.4914, 0.4822, 0.4465], [0.2023, 0.1994, 0.2010]
 
 
 def main() -> None:
@@ -94,7 +89,7 @@ def main() -> None:
         child(args)
         return
     paper = Path(args.paper_code).expanduser().resolve()
-    if not (paper / "methods/DC_DSA_DM/main.py").is_file() or not (paper / "utils_clom").is_dir():
+    if not is_paper_checkout(paper):
         sys.exit(f"bench_paper.py: {paper} is not a checkout of the paper's code "
                  "(no methods/DC_DSA_DM/main.py and utils_clom/); pass its root with --paper-code")
     cases = args.cases.split(",")
@@ -185,32 +180,8 @@ def child(args) -> None:
 
     paper = Path(args.paper_code)
     if args.child == "paper":
-        sys.path[:] = [str(paper / "methods/DC_DSA_DM"), str(paper)] + [p for p in sys.path
-                                                                        if Path(p or ".").resolve() != ROOT]
-        import utils as paper_utils  # the paper's methods/DC_DSA_DM/utils.py
-
-        paper_utils.get_dataset = lambda dataset, data_path: cifar_tensors(Path(args.data), paper_utils)
+        paper_utils = install_stand_ins(paper, Path(args.data))
         paper_utils.get_network = timed(paper_utils.get_network)
-        import utils_clom.Dataloader as paper_loader
-        import utils_clom.utils as paper_clom_utils
-
-        paper_loader.get_dataset = lambda dataset, data_path, *a, **k: cifar_tensors(Path(args.data), paper_utils)
-        if not torch.cuda.is_available():
-            torch.Tensor.cuda = lambda self, *a, **k: self
-            torch.nn.Module.cuda = lambda self, *a, **k: self
-            paper_clom_utils.set_gpu = lambda args, model: model
-        import utils_clom.CLoM as paper_clom
-
-        if not hasattr(paper_clom, "CCLoM"):
-            paper_clom.CCLoM = None
-        parse_args = argparse.ArgumentParser.parse_args
-
-        def parse_args_with_cclom_off(self, *a, **k):
-            namespace = parse_args(self, *a, **k)
-            namespace.CCLoM = getattr(namespace, "CCLoM", False)
-            return namespace
-
-        argparse.ArgumentParser.parse_args = parse_args_with_cclom_off
         if "--CLoM" in flags:
             from utils_clom.model_pool import get_network
 
@@ -249,25 +220,6 @@ def save_random_pool_model(net, torch) -> None:
     path = Path("pretrained_model/CIFAR100/original/ConvNet/index_0/CIFAR100_ConvNet_original_epoch150.pth")
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(net.state_dict(), path)
-
-
-def cifar_tensors(folder: Path, paper_utils):
-    """What the paper's get_dataset returns for CIFAR10, read from the pickles in `folder`."""
-    import numpy as np
-    import torch
-
-    def split(names):
-        parts = [pickle.load(open(folder / n, "rb"), encoding="bytes") for n in names]
-        pixels = np.concatenate([p[b"data"] for p in parts]).reshape(-1, 3, 32, 32)
-        labels = torch.tensor(sum((list(p[b"labels"]) for p in parts), []))
-        images = torch.from_numpy(pixels).float() / 255
-        mean, std = torch.tensor(CIFAR_MEAN).view(1, 3, 1, 1), torch.tensor(CIFAR_STD).view(1, 3, 1, 1)
-        return paper_utils.TensorDataset((images - mean) / std, labels)
-
-    train = split([f"data_batch_{i}" for i in range(1, 6)])
-    test = split(["test_batch"])
-    testloader = torch.utils.data.DataLoader(test, batch_size=256, shuffle=False, num_workers=0)
-    return 3, (32, 32), 10, [str(c) for c in range(10)], CIFAR_MEAN, CIFAR_STD, train, test, testloader
 
 
 if __name__ == "__main__":

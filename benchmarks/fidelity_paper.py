@@ -1,0 +1,279 @@
+"""Fidelity side by side: the paper's own code and this suite distil the same cells with the same flags and
+budget, and ONE evaluator (this suite's validate.py) scores every set, both tools', against random real images.
+
+    python benchmarks/fidelity_paper.py --paper-code <DDInterpreter checkout> --out runs/fidelity     # Digits 8x8
+    python benchmarks/fidelity_paper.py --paper-code ... --out runs/fidelity32 --datasets CIFARDigits
+    python benchmarks/fidelity_paper.py --summarize runs/fidelity [runs/fidelity32]
+
+Cells (--cells): DC ipc 1 (noise init, as both tools default), DSA ipc 10 and DM ipc 10 (real init), each
+alone and with CLoM: DC/DSA with the paper code's `ce` (alpha * CE(pool(syn), y)), which is our `ce_plain`;
+DM with `cos` (--CLoM_batch_size 8196: ours takes all real images when the set is smaller, the paper's code
+draws 8196 with replacement). CLoM's pool: --pool_size ConvNets trained --pool_epochs epochs on the real data
+by our train_original_models.py, loaded by both tools from the same files (the paper's layout).
+
+Data (--datasets): Digits (scikit-learn's 8x8 digits, our fixed split, 1198 train / 599 test) and CIFARDigits
+(dsa_fidelity.py's CIFAR-10-format copy, 3x32x32, 5000 / 1000). The paper's scripts get the same normalized
+tensors through paper_code.py's stand-ins. Budgets (--budgets) are image updates per run; the paper's loop
+updates once more than its --Iteration says (it saves after the update of iteration --Iteration), so it gets
+--Iteration N-1 where ours gets N. Each run is one process with one thread, --jobs at a time.
+
+Evaluation: validate.py, --num_eval ConvNets x --eval_epochs with DSA (lr 0.01, x0.1 at half), evaluation
+seed 0 for every set (the same initial networks for all), the final epoch's accuracy. "random real" rows are
+--seeds random real subsets with the cell's images per class (validate.py --random_real's draw), evaluated the
+same way; IOR = acc(set) - acc(random real), paired network by network. The paper's code cannot be seeded (its
+network builder and its DSA reseed from the clock): its "seeds" are independent repeats; ours are --random_seed.
+Outputs under --out: one folder per run, <run>.json with its accuracies, and the table from --summarize.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from paper_code import is_paper_checkout, save_tensors  # noqa: E402
+
+PAPER_DC, PAPER_DM = "methods/DC_DSA_DM/main.py", "methods/DC_DSA_DM/main_DM.py"
+# cell: (method kind for the budget, script, ipc, flags of both tools, CLoM flags: (paper's, ours))
+DSA = "color_crop_cutout_flip_scale_rotate"
+CELLS = {
+    "DC1": ("DC", PAPER_DC, 1, ["--method", "DC", "--ipc", "1"], None),
+    "DC1+ce": ("DC", PAPER_DC, 1, ["--method", "DC", "--ipc", "1"], ("ce", "ce_plain")),
+    "DSA10": ("DSA", PAPER_DC, 10, ["--method", "DSA", "--ipc", "10", "--init", "real", "--dsa_strategy", DSA], None),
+    "DSA10+ce": ("DSA", PAPER_DC, 10, ["--method", "DSA", "--ipc", "10", "--init", "real", "--dsa_strategy", DSA],
+                 ("ce", "ce_plain")),
+    "DM10": ("DM", PAPER_DM, 10, ["--ipc", "10", "--init", "real", "--dsa_strategy", DSA], None),
+    "DM10+cos": ("DM", PAPER_DM, 10, ["--ipc", "10", "--init", "real", "--dsa_strategy", DSA], ("cos", "cos")),
+}
+DATASETS = {"Digits": "Digits", "CIFARDigits": "CIFAR10"}  # ours -> the --dataset both tools are given
+DEFAULT_BUDGETS = "Digits:DC=200,DSA=20,DM=500;CIFARDigits:DC=50,DSA=2,DM=100"
+
+
+def parse_budgets(text: str) -> dict[str, dict[str, int]]:
+    budgets: dict[str, dict[str, int]] = {}
+    for part in filter(None, text.split(";")):
+        dataset, _, entries = part.partition(":")
+        budgets[dataset] = {k: int(v) for k, v in (e.split("=") for e in entries.split(","))}
+    return budgets
+
+
+# ------------------------------------------------------------------------------------------------ preparing
+def prepare(args) -> dict[str, dict]:
+    """The data of each data set (ours' flags, the paper's data file) and its CLoM pool."""
+    args.out.mkdir(parents=True, exist_ok=True)
+    from dsa_fidelity import write_cifar_digits
+
+    from utils.data import load_dataset
+
+    prepared = {}
+    for dataset in args.datasets.split(","):
+        if dataset == "Digits":
+            data = load_dataset("Digits")
+            paper_data = save_tensors(args.out / "digits_tensors.pt", "Digits", data.train, data.test)
+            ours, load = ["--dataset", "Digits"], ("Digits", None)
+        else:
+            paper_data = write_cifar_digits(args.out / "cifar_digits")
+            ours, load = ["--dataset", "CIFAR10", "--data_path", str(paper_data)], ("CIFAR10", paper_data)
+        name = DATASETS[dataset]
+        pool = args.out / f"pretrained_model/{name}/original/ConvNet/index_{args.pool_size - 1}"
+        if not (pool / f"{name}_ConvNet_original_epoch{args.pool_epochs}.pth").exists():
+            run([sys.executable, str(ROOT / "train_original_models.py"), *ours, "--model", "ConvNet",
+                 "--normalize_data", "--num", str(args.pool_size), "--epochs", str(args.pool_epochs),
+                 "--save_every", str(args.pool_epochs), "--random_seed", "0"], args.out,
+                args.out / f"pool_{dataset}.log", threads=os.cpu_count() or 1)
+        prepared[dataset] = {"ours": ours, "load": load, "paper_data": paper_data, "name": name}
+    return prepared
+
+
+def run(cmd: list[str], cwd: Path, log: Path, threads: int = 1) -> float:
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
+           "PYTHONWARNINGS": "ignore"}
+    start = time.time()
+    with open(log, "a") as handle:
+        code = subprocess.call(cmd, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    if code != 0:
+        raise RuntimeError(f"failed ({code}): {' '.join(cmd)}; see {log}")
+    return time.time() - start
+
+
+# ------------------------------------------------------------------------------------------------ one run
+def jobs(args) -> list[tuple[str, str, str, str]]:
+    """(dataset, cell, tool, seed): every tool's run of every cell, then the random-real baselines."""
+    out = []
+    for dataset in args.datasets.split(","):
+        for seed in args.seeds.split(","):
+            for cell in args.cells.split(","):
+                for tool in args.tools.split(","):
+                    out.append((dataset, cell, tool, seed))
+            for ipc in sorted({CELLS[c][2] for c in args.cells.split(",")}):
+                out.append((dataset, f"random{ipc}", "real", seed))
+    return out
+
+
+def distill(args, prepared: dict, dataset: str, cell: str, tool: str, seed: str) -> tuple[Path, float]:
+    kind, script, _, flags, clom = CELLS[cell]
+    budget = parse_budgets(args.budgets)[dataset][kind]
+    folder = args.out / f"{dataset}_{cell}_{tool}_seed{seed}"
+    data, name = prepared[dataset], prepared[dataset]["name"]
+    common = [*flags, "--num_eval", "0", "--save_path", str(folder)]
+    if clom is not None:
+        common += ["--CLoM", "--CLoM_distance", clom[0] if tool == "paper" else clom[1], "--models_pool", "ConvNet",
+                   "--alphas", str(args.alpha), "--model_num", str(args.pool_size), "--epoch", str(args.pool_epochs),
+                   "--source_dataset", name, "--CLoM_batch_size", "8196"]
+    for extra in args.extra.split(";") if args.extra else []:
+        common += extra.split()
+    log = args.out / f"{folder.name}.log"
+    if tool == "paper":
+        cmd = [sys.executable, str(ROOT / "benchmarks/paper_code.py"), "--paper-code", str(args.paper_code),
+               "--data", str(data["paper_data"]), "--seed", seed, script, "--dataset", name,
+               "--Iteration", str(budget - 1), *common]
+    else:
+        cmd = [sys.executable, str(ROOT / script), *data["ours"], "--Iteration", str(budget), "--random_seed", seed,
+               *common]
+    seconds = run(cmd, args.out, log)
+    return next(folder.rglob("res_*.pt")), seconds
+
+
+def random_real_set(args, prepared: dict, dataset: str, ipc: int, seed: str) -> Path:
+    """A random real subset with `ipc` images per class, drawn as validate.py --random_real draws its k-th
+    subset (from --random_real_seed 0), saved as a set."""
+    import torch
+
+    from utils.data import load_dataset
+    from utils.seeding import derive_seed, make_generator
+
+    loaded = load_dataset(*prepared[dataset]["load"])
+    idx = loaded.train.random_subset_indices([ipc] * loaded.spec.num_classes,
+                                             make_generator(derive_seed(0, "random real", int(seed))))
+    path = args.out / f"{dataset}_random{ipc}_real_seed{seed}/res_random_{ipc}ipc.pt"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"data": [[loaded.train.images(idx), loaded.train.labels[idx]]], "accs_all_exps": {}}, path)
+    return path
+
+
+def evaluate(args, prepared: dict, dataset: str, synthetic_set: Path, name: str) -> list[float]:
+    report = args.out / f"{name}.validate.json"
+    if report.exists():
+        report.unlink()  # a half-finished earlier attempt
+    run([sys.executable, str(ROOT / "validate.py"), *prepared[dataset]["ours"], "--model", "ConvNet",
+         "--normalize_data", "--dsa", "--epochs", str(args.eval_epochs), "--save_every", str(args.eval_epochs),
+         "--lr_decay_step", str(args.eval_epochs // 2), "--num_eval", str(args.num_eval), "--random_seed", "0",
+         "--synthesis_data_path", str(synthetic_set), "--result_json", str(report)], args.out,
+        args.out / f"{name}.log")
+    return json.loads(report.read_text())["final"]
+
+
+def one_job(args, prepared: dict, job: tuple[str, str, str, str]) -> None:
+    dataset, cell, tool, seed = job
+    name = f"{dataset}_{cell}_{tool}_seed{seed}"
+    record = args.out / f"{name}.json"
+    if record.exists():
+        return
+    start = time.time()
+    if tool == "real":
+        synthetic_set, seconds = random_real_set(args, prepared, dataset, int(cell[len("random"):]), seed), 0.0
+    else:
+        synthetic_set, seconds = distill(args, prepared, dataset, cell, tool, seed)
+    final = evaluate(args, prepared, dataset, synthetic_set, name)
+    record.write_text(json.dumps({"dataset": dataset, "cell": cell, "tool": tool, "seed": seed, "final": final,
+                                  "distill_s": round(seconds, 1), "set": str(synthetic_set),
+                                  "budget": None if tool == "real" else
+                                  parse_budgets(args.budgets)[dataset][CELLS[cell][0]]}))
+    print(f"{name}: {100 * np.mean(final):.2f} ± {100 * np.std(final):.2f}% (distil {seconds:.0f} s, all "
+          f"{time.time() - start:.0f} s)", flush=True)
+
+
+# ------------------------------------------------------------------------------------------------ the table
+def summarize(folders: list[Path]) -> str:
+    """One row per (data set, cell): each tool's mean ± std over seeds of the per-seed mean accuracy, and its
+    IOR (paired with the random real subsets of the same seeds' draws), then ours - paper."""
+    records = [json.loads(p.read_text()) for f in folders for p in sorted(f.glob("*_seed*.json"))
+               if not p.name.endswith(".validate.json")]
+    by = {}
+    for r in records:
+        by.setdefault((r["dataset"], r["cell"], r["tool"]), []).append(r)
+    lines = ["| data set | cell | budget (updates) | paper's code: acc. (%) | IOR | ours: acc. (%) | IOR | "
+             "ours − paper | runs |", "|---|---|---|---|---|---|---|---|---|"]
+    cells = [c for c in CELLS if any(k[1] == c for k in by)]
+    for dataset in dict.fromkeys(k[0] for k in by):
+        for cell in cells:
+            ipc = CELLS[cell][2]
+            real = [a for r in by.get((dataset, f"random{ipc}", "real"), []) for a in r["final"]]
+            row, means = [], {}
+            for tool in ("paper", "ours"):
+                runs = by.get((dataset, cell, tool), [])
+                per_seed = [100 * np.mean(r["final"]) for r in runs]
+                ior = [100 * (np.mean(r["final"]) - np.mean(real)) for r in runs] if real else []
+                means[tool] = np.mean(per_seed) if per_seed else None
+                row += [f"{np.mean(per_seed):.2f} ± {np.std(per_seed):.2f}" if per_seed else "–",
+                        f"{np.mean(ior):+.2f}" if ior else "–"]
+            if means["paper"] is None and means["ours"] is None:
+                continue
+            diff = (f"{means['ours'] - means['paper']:+.2f}" if None not in means.values() else "–")
+            budgets = {r["budget"] for t in ("paper", "ours") for r in by.get((dataset, cell, t), [])}
+            count = "/".join(str(len(by.get((dataset, cell, t), []))) for t in ("paper", "ours"))
+            lines.append(f"| {dataset} | {cell} | {'/'.join(map(str, sorted(budgets)))} | {row[0]} | {row[1]} | "
+                         f"{row[2]} | {row[3]} | {diff} | {count} |")
+        for ipc in sorted({CELLS[c][2] for c in cells}):
+            real = by.get((dataset, f"random{ipc}", "real"), [])
+            if real:
+                per_seed = [100 * np.mean(r["final"]) for r in real]
+                lines.append(f"| {dataset} | random real ipc {ipc} | – | {np.mean(per_seed):.2f} ± "
+                             f"{np.std(per_seed):.2f} | | | | | {len(real)} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--paper-code", type=Path, help="a checkout of the paper's repository (its root)")
+    parser.add_argument("--out", type=Path)
+    parser.add_argument("--datasets", default="Digits", help="comma-separated, of Digits, CIFARDigits")
+    parser.add_argument("--cells", default=",".join(CELLS), help=f"comma-separated, of {list(CELLS)}")
+    parser.add_argument("--tools", default="paper,ours")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--budgets", default=DEFAULT_BUDGETS,
+                        help="image updates per run: 'DATASET:DC=n,DSA=n,DM=n;...'")
+    parser.add_argument("--extra", default="", help="more flags for both tools' distillations")
+    parser.add_argument("--alpha", type=float, default=1000.0, help="CLoM's alpha (the paper's README: 1000)")
+    parser.add_argument("--pool_size", type=int, default=2)
+    parser.add_argument("--pool_epochs", type=int, default=30)
+    parser.add_argument("--num_eval", type=int, default=5)
+    parser.add_argument("--eval_epochs", type=int, default=300)
+    parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--summarize", type=Path, nargs="+", help="print the table of these --out folders")
+    args = parser.parse_args()
+    if args.summarize:
+        print(summarize(args.summarize))
+        return
+    if not args.out or not args.paper_code:
+        parser.error("give --paper-code and --out (to run), or --summarize FOLDERS")
+    args.paper_code = args.paper_code.expanduser().resolve()
+    if not is_paper_checkout(args.paper_code):
+        sys.exit(f"fidelity_paper.py: {args.paper_code} is not a checkout of the paper's code")
+    args.out = args.out.resolve()
+    unknown = [c for c in args.cells.split(",") if c not in CELLS]
+    if unknown:
+        sys.exit(f"fidelity_paper.py: unknown cell(s) {unknown}; choose from {list(CELLS)}")
+    prepared = prepare(args)
+    todo = jobs(args)
+    print(f"{len(todo)} runs, {args.jobs} at a time; budgets {args.budgets}; evaluation {args.num_eval} ConvNets x "
+          f"{args.eval_epochs} epochs with DSA", flush=True)
+    with ThreadPoolExecutor(args.jobs) as workers:
+        for future in [workers.submit(one_job, args, prepared, job) for job in todo]:
+            future.result()
+    print(summarize([args.out]))
+
+
+if __name__ == "__main__":
+    main()
