@@ -12,6 +12,7 @@ import stat
 import subprocess
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
@@ -273,3 +274,73 @@ def test_resume_may_extend_an_unfinished_run_or_add_experiments_and_ends_as_a_st
     assert run_cli(dc_cli.main, [*DC, "--Iteration", "2", "--save_path", "short", "--resume"]) == 2
     line = one_line(capsys.readouterr().err)
     assert "--Iteration was 5, now 2" in line and "iteration reached (3)" in line
+
+
+@pytest.mark.parametrize("first, then, named", [
+    ([], ["--eager"], "--eager was off, now on"),
+    (["--eager"], [], "--eager was on, now off"),
+    ([], ["--precision", "bf16"], "--precision was fp32, now bf16"),
+], ids=["eager-on", "eager-off", "precision"])
+def test_resume_refuses_another_precision_or_eager_naming_the_flag(workdir, capsys, first, then, named):
+    # eager and compiled steps, and the precisions, round differently: continuing would not end as one run
+    argv = [*DM, "--Iteration", "3", *first]
+    assert run_cli(dm_cli.main, [*argv, "--save_path", "half", "--stop_after", "0"]) == 0
+    assert run_cli(dm_cli.main, [*argv, "--save_path", "done"]) == 0
+    capsys.readouterr()
+    for folder, more in (("half", []), ("done", ["--num_exp", "2"])):  # a checkpoint; a finished result grown
+        other = [*DM, "--Iteration", "3", *then, *more, "--save_path", folder, "--resume"]
+        assert run_cli(dm_cli.main, other) == 2
+        line = one_line(capsys.readouterr().err)
+        assert named in line and "must be the saved ones" in line, line
+    assert run_cli(dm_cli.main, [*argv, "--save_path", "half", "--resume"]) == 0  # the saved way: it continues
+
+
+def test_resume_refuses_another_device_type(workdir, capsys, monkeypatch):
+    # CPU and CUDA generators draw different numbers from one seed. The CUDA process is faked: the refusal
+    # comes before anything runs on the device.
+    from methods.DC_DSA_DM import flags
+    from utils.runtime import make_runtime
+
+    assert run_cli(dm_cli.main, [*DM, "--Iteration", "3", "--save_path", "half", "--stop_after", "0"]) == 0
+    monkeypatch.setattr(flags, "start_process", lambda gpu, eager, precision: make_runtime(
+        torch.device("cuda", 0), eager=eager, precision=precision))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a CUDA card")
+    capsys.readouterr()
+    assert run_cli(dm_cli.main, [*DM, "--Iteration", "3", "--save_path", "half", "--resume", "--gpu", "0"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "--gpu was cpu, now cuda" in line and "--precision was fp32, now tf32" in line, line
+    make_runtime(torch.device("cpu"))  # undo the TF32 switches the fake CUDA runtime set
+
+
+def test_resume_refuses_iterations_that_switch_the_cpu_compile_rule(workdir, capsys):
+    # on a CPU 400 iterations run eager and 500 compile: the continued part would round unlike the saved one
+    assert run_cli(dc_cli.main, [*DC, "--Iteration", "400", "--save_path", "half", "--stop_after", "0"]) == 0
+    capsys.readouterr()
+    assert run_cli(dc_cli.main, [*DC, "--Iteration", "500", "--save_path", "half", "--resume"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert "--Iteration was 400, now 500" in line and "at least 500 iterations compiles" in line, line
+
+
+def test_resume_on_another_card_or_torch_continues_and_says_it_may_round_differently(workdir, capsys, monkeypatch):
+    from methods.DC_DSA_DM.run_state import Execution
+    from utils.runtime import make_runtime
+
+    # the card number is not recorded: cards of one model are interchangeable (same draws, same kernels)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a CUDA card")
+    cards = [Execution.of(make_runtime(torch.device("cuda", k)), 1000) for k in (0, 1)]
+    make_runtime(torch.device("cpu"))
+    assert cards[0] == cards[1] and cards[0].device == "cuda" and cards[0].compiled
+    assert cards[1].differences(asdict(cards[0]), (1000, 1000)) == []
+    # another card model or torch version: continued, with a warning; on the same machine the set is the same
+    argv = [*DM, "--Iteration", "3"]
+    assert run_cli(dm_cli.main, [*argv, "--save_path", "moved", "--stop_after", "0"]) == 0
+    checkpoint = workdir / f"moved/original_method/checkpoint_{NAME}.pt"
+    saved = torch.load(checkpoint, weights_only=True)
+    assert saved["execution"] == asdict(Execution.of(make_runtime(torch.device("cpu")), 3))
+    saved["execution"] = {**saved["execution"], "device_name": "another cpu", "torch_version": "0.0"}
+    torch.save(saved, checkpoint)
+    capsys.readouterr()
+    assert run_cli(dm_cli.main, [*argv, "--save_path", "moved", "--resume"]) == 0
+    assert "the device was another cpu, now cpu; torch was 0.0" in capsys.readouterr().out
+    assert run_cli(dm_cli.main, [*argv, "--save_path", "straight"]) == 0
+    assert torch.equal(synthetic_set("moved"), synthetic_set("straight"))

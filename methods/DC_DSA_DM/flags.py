@@ -22,7 +22,14 @@ from methods.DC_DSA_DM.config import (
     eval_model_pool,
 )
 from methods.DC_DSA_DM.gradient_matching import METRICS
-from methods.DC_DSA_DM.run_state import RunClaim, RunFiles, RunStore, SettingsDiffer, start_or_resume
+from methods.DC_DSA_DM.run_state import (
+    Execution,
+    RunClaim,
+    RunFiles,
+    RunStore,
+    SettingsDiffer,
+    start_or_resume,
+)
 from methods.DC_DSA_DM.synset import INITS
 from networks import list_networks
 from networks.foundation import is_foundation_name
@@ -49,7 +56,7 @@ from utils.runtime import fast_paths_note
 from utils.seeding import derive_seed
 
 # Setting (DistillConfig / ClomOptions field) -> the flag that sets it, for error messages.
-FLAG_OF = {"iterations": "--Iteration", "seed": "--random_seed", "download": "--no_download",
+FLAG_OF = {"iterations": "--Iteration", "seed": "--random_seed", "download": "--no_download", "device": "--gpu",
            "clom.distance": "--CLoM_distance", "clom.alphas": "--alphas", "clom.models_pool": "--models_pool",
            "clom.model_num": "--model_num", "clom.epoch": "--epoch", "clom.source_dataset": "--source_dataset",
            "clom.batch_size": "--CLoM_batch_size", "clom.feature": "--CLoM_feature",
@@ -208,8 +215,9 @@ def _distill(args: argparse.Namespace) -> Path | None:
     runtime = start_process(args.gpu, cfg.eager, cfg.precision)
     dist, device = runtime.dist, runtime.device
     logger = setup_logging(None, quiet=not dist.is_main)
+    execution = Execution.of(runtime, cfg.iterations)
     with RunClaim(files, dist):  # the save folder is this run's until it ends
-        started = start_or_resume(cfg, files)
+        started = start_or_resume(cfg, files, execution)
         if started is None:
             logger.info("%s is complete (%d experiments, same settings); nothing to resume", files.result,
                         cfg.num_exp)
@@ -220,7 +228,7 @@ def _distill(args: argparse.Namespace) -> Path | None:
         clom = None if cfg.clom is None else build_clom_loss(
             cfg.clom, data.train, InputSpace.of(data.train), device, derive_seed(seed, "extra loss"))
         logger = setup_logging(files.log if dist.is_main else None, quiet=not dist.is_main)
-        store = RunStore(files, cfg, seed, writes=dist.is_main)
+        store = RunStore(files, cfg, seed, writes=dist.is_main, execution=execution)
         store.save_settings(vars(args))
         _log_start(logger, cfg, data, state, seed, device, files)
         if clom is not None:

@@ -15,6 +15,13 @@ being continued (no experiment finished yet, and not below the iteration it reac
 the total, and the evaluations before that point are the same), and `num_exp` may grow (the new experiments
 are independent, seeded by their index). A finished experiment is never continued to more iterations:
 its optimizer momentum is not kept, so the result would differ from a run made that long.
+
+How the arithmetic is done must be the same too (`Execution`, recorded in checkpoints and results): the
+device type (CPU and CUDA generators draw different numbers from one seed), the precision, --eager, and
+whether the distillation's steps are compiled (eager and compiled steps round differently; on a CPU that
+depends on the number of iterations). The card number, the card model, the torch version and the torchrun
+world size may change: the draws stay the same, the arithmetic may round differently (a change of model or
+torch version is logged).
 """
 
 from __future__ import annotations
@@ -50,11 +57,49 @@ from utils.io import (
     to_plain,
 )
 from utils.log import get_logger
+from utils.runtime import CPU_COMPILE_MIN_ITERATIONS, Runtime
 from utils.seeding import resolve_seed
 
-# Settings that do not change the synthetic set: a run may be resumed with other values of these.
+# Settings that do not change the synthetic set: a run may be resumed with other values of these. (The seed is
+# compared on its own; precision and eager through the resolved Execution.)
 OPERATIONAL_SETTINGS = ("data_path", "save_path", "download", "checkpoint_every", "resume", "stop_after",
-                        "seed", "eager")
+                        "seed", "eager", "precision")
+
+
+@dataclass(frozen=True)
+class Execution:
+    """How a run's arithmetic is done, beyond its settings. A run is continued only with the same `device`
+    (type), `precision`, `eager` and `compiled`; `device_name` and `torch_version` may change (logged)."""
+
+    device: str  # 'cpu' or 'cuda': the random streams are the device's, and CPU and CUDA draw differently
+    precision: str  # fp32 | tf32 | bf16, as resolved for the device
+    eager: bool  # --eager
+    compiled: bool  # the distillation's steps run compiled (Runtime.compiles: on a CPU, from enough iterations)
+    device_name: str = ""  # the card's model ('cpu' on a CPU)
+    torch_version: str = ""
+
+    @classmethod
+    def of(cls, runtime: Runtime, iterations: int) -> Execution:
+        device = runtime.device
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else device.type
+        return cls(device.type, runtime.precision, runtime.eager, runtime.compiles(iterations), name,
+                   str(torch.__version__))
+
+    def differences(self, saved: Mapping, iterations: tuple[int, int]) -> list[tuple[str, object, object]]:
+        """(setting, saved, now) for what a continuation may not change; `iterations`: (saved, now). A change
+        of the compile decision alone comes from --Iteration crossing the CPU's compile threshold."""
+        shown = {"eager": lambda on: "on" if on else "off"}
+        differ = [(key, shown.get(key, str)(saved.get(key)), shown.get(key, str)(getattr(self, key)))
+                  for key in ("device", "precision", "eager") if saved.get(key) != getattr(self, key)]
+        if not differ and saved.get("compiled") != self.compiled:
+            differ.append(("iterations", *iterations))
+        return differ
+
+    def changed_hardware(self, saved: Mapping) -> str:
+        """What may change but makes the arithmetic round differently: the card model, the torch version."""
+        return "; ".join(f"{what} was {saved.get(key)}, now {getattr(self, key)}"
+                         for key, what in (("device_name", "the device"), ("torch_version", "torch"))
+                         if saved.get(key) and saved.get(key) != getattr(self, key))
 
 
 def save_folder(cfg: DistillConfig, dataset: str) -> Path:
@@ -135,8 +180,10 @@ class RunStore:
     """Writes a run's files, atomically (a crash while writing leaves the previous file intact). Under
     torchrun only the main process writes (`writes=False` elsewhere)."""
 
-    def __init__(self, files: RunFiles, cfg: DistillConfig, seed: int, writes: bool = True):
+    def __init__(self, files: RunFiles, cfg: DistillConfig, seed: int, writes: bool = True,
+                 execution: Execution | None = None):
         self.files, self.cfg, self.seed, self.writes = files, cfg, seed, writes
+        self.execution = None if execution is None else asdict(execution)
         self.started = time.monotonic()  # wall time counts from here (plus earlier processes' share)
         self.flags: dict | None = None  # the command line's flags, once save_settings has seen them
 
@@ -152,7 +199,7 @@ class RunStore:
                        "images": None if state.images is None else state.images.cpu(),
                        "optimizer_state": state.optimizer_state,
                        "accs_all_exps": to_plain(state.accs_all_exps), "data": state.data,
-                       "config": to_plain(asdict(self.cfg)), "seed": self.seed,
+                       "config": to_plain(asdict(self.cfg)), "seed": self.seed, "execution": self.execution,
                        "wall_time_s": self.wall_time_s(state)}
             checkpoint, previous = self.files.checkpoint, self.files.previous_checkpoint
             try:
@@ -173,7 +220,8 @@ class RunStore:
         if self.writes:
             payload = {"data": state.data, "accs_all_exps": to_plain(state.accs_all_exps), "normalized": True,
                        "config": to_plain(asdict(self.cfg)), "seed": self.seed, "args": to_plain(self.flags),
-                       "wall_time_s": self.wall_time_s(state), "torch_version": str(torch.__version__)}
+                       "wall_time_s": self.wall_time_s(state), "torch_version": str(torch.__version__),
+                       "execution": self.execution}
             try:
                 atomic_torch_save(payload, self.files.result, overwrite=True)
             except WriteError as err:
@@ -334,10 +382,37 @@ def _load_checkpoint(files: RunFiles) -> dict:
                       "or pick another --save_path")
 
 
-def start_or_resume(cfg: DistillConfig, files: RunFiles) -> tuple[RunState, int] | None:
+def _execution_differences(saved: Mapping, execution: Execution | None, cfg: DistillConfig,
+                           differ: list[tuple[str, object, object]]) -> tuple[list[tuple[str, object, object]], str]:
+    """What a continuation with `execution` would change in how the saved run computes (see Execution), with
+    a note on why; `differ`: the settings already found to differ. Logs a change of card model or torch."""
+    record = saved.get("execution")
+    if execution is None:
+        return [], ""
+    if not isinstance(record, Mapping):
+        get_logger().warning("the saved run does not record its device, precision and fast paths; continuing with "
+                             "device %s, precision %s", execution.device, execution.precision)
+        return [], ""
+    more = [item for item in execution.differences(record, (saved["config"].get("iterations"), cfg.iterations))
+            if item[0] not in {key for key, _, _ in differ}]
+    if not more:
+        if changed := execution.changed_hardware(record):
+            get_logger().warning("resuming with %s: the same random draws, but the arithmetic may round "
+                                 "differently from an uninterrupted run", changed)
+        return [], ""
+    if more[0][0] == "iterations":
+        return more, (f"; on a CPU a distillation of at least {CPU_COMPILE_MIN_ITERATIONS} iterations compiles its "
+                      f"steps and a shorter one does not, so the rest would round unlike the saved part")
+    return more, ("; the device type, precision and --eager must be the saved ones: CPU and CUDA draw different "
+                  "random numbers from one seed, and other precisions or fast paths round differently")
+
+
+def start_or_resume(cfg: DistillConfig, files: RunFiles,
+                    execution: Execution | None = None) -> tuple[RunState, int] | None:
     """(state, seed) to continue from: a new run, the checkpoint's when resuming, or a finished result's
     when more experiments are asked for. None: the run is already complete. Refuses to touch another run's
-    results and to resume with settings that would not end as an uninterrupted run (see the module doc)."""
+    results and to resume with settings, or an `execution`, that would not end as an uninterrupted run (see
+    the module doc)."""
     if files.checkpoint.exists() or files.previous_checkpoint.exists():
         if not cfg.resume:
             raise UserError(f"{files.folder} holds an unfinished run ({files.checkpoint.name}): pass "
@@ -347,13 +422,14 @@ def start_or_resume(cfg: DistillConfig, files: RunFiles) -> tuple[RunState, int]
         more_iterations_ok = finished == 0 and reached <= cfg.iterations
         differ = _differences(saved["config"], saved["seed"], cfg,
                               ignore=("iterations",) if more_iterations_ok else ())
-        if differ:
-            note = ""
-            if any(key == "iterations" for key, _, _ in differ):
-                note = (f"; iterations may change only before the first experiment ends, and not below the "
-                        f"iteration reached ({reached})" if finished == 0 else
-                        "; iterations cannot change once an experiment has finished with the saved value")
-            raise SettingsDiffer(files.checkpoint, differ, note)
+        note = ""
+        if any(key == "iterations" for key, _, _ in differ):
+            note = (f"; iterations may change only before the first experiment ends, and not below the "
+                    f"iteration reached ({reached})" if finished == 0 else
+                    "; iterations cannot change once an experiment has finished with the saved value")
+        more, more_note = _execution_differences(saved, execution, cfg, differ)
+        if differ or more:
+            raise SettingsDiffer(files.checkpoint, differ + more, note + more_note)
         state = RunState(saved["exp"], saved["next_iteration"], saved["images"], saved["optimizer_state"],
                          saved["accs_all_exps"], saved["data"], float(saved.get("wall_time_s", 0.0)))
         return state, int(saved["seed"])
@@ -375,11 +451,12 @@ def start_or_resume(cfg: DistillConfig, files: RunFiles) -> tuple[RunState, int]
         differ = _differences(content["config"], content.get("seed"), cfg, ignore=("num_exp",))
         if done > cfg.num_exp:
             differ.append(("num_exp", done, cfg.num_exp))
-        if differ:
-            note = ("; a finished experiment cannot be continued to more iterations: its optimizer state is not "
-                    "kept, so the set would differ from one made that long in one go"
-                    if any(key == "iterations" for key, _, _ in differ) else "")
-            raise SettingsDiffer(files.result, differ, note)
+        note = ("; a finished experiment cannot be continued to more iterations: its optimizer state is not "
+                "kept, so the set would differ from one made that long in one go"
+                if any(key == "iterations" for key, _, _ in differ) else "")
+        more, more_note = _execution_differences(content, execution, cfg, differ)
+        if differ or more:
+            raise SettingsDiffer(files.result, differ + more, note + more_note)
         if done == cfg.num_exp:
             return None
         accs = {name: list(values) for name, values in (content.get("accs_all_exps") or {}).items()}
