@@ -291,6 +291,16 @@ def test_foundation_model_without_weights_or_with_ce_is_refused(tmp_path):
         load_pool("unused", ["torchvision:mobilenet_v3_small"], 1, 1, "cpu")
     with pytest.raises(UserError, match="library"):
         load_pool("unused", ["keras:resnet"], 1, 1, "cpu", weights={"keras:resnet": "x"})
+    models = pytest.importorskip("torchvision.models", reason="torchvision is not installed")
+    weights = tmp_path / "weights.pth"
+    torch.save(models.mobilenet_v3_small(weights=None).state_dict(), weights)
+    name = "torchvision:mobilenet_v3_small"
+    images, labels = cifar_like(8, num_classes=4)
+    for distance, feature in (("ce", "embed"), ("ce_plain", "embed"), ("cos", "logits")):
+        # a foundation model's embedding has no classes: ce/ce_plain (and cos on logits) have nothing to use
+        with pytest.raises(UserError, match="gives embeddings only: use --CLoM_distance cos"):
+            clom(tmp_path, distance, 0, pool=[name], images=images, labels=labels, num_classes=4,
+                 weights={name: str(weights)}, **({"feature": feature} if distance == "cos" else {}))
 
 
 # ---------------------------------------------------------------- bad input

@@ -92,15 +92,20 @@ def test_inductor_compiles_the_step_on_this_cpu(monkeypatch):
 
 
 def test_compiled_real_side_equals_the_eager_one(traced_only):
+    """The compiled real side (batched, and one class per call as on a CPU) gives the eager loss and images'
+    gradient (atol 1e-5: the traced graph may sum in another order)."""
     torch.manual_seed(0)
     model = build_seeded_network("ConvNetW32", 1, 3, (8, 8), 0)
-    real, syn = torch.randn(3, 6, 1, 8, 8), torch.randn(3, 2, 1, 8, 8, requires_grad=True)
-    eager = gradient_matching_loss(model, real, syn, execution=MatchingExecution(batched=True))
-    compiled = gradient_matching_loss(model, real, syn, execution=MatchingExecution(batched=True, compiled=True))
-    per_class = gradient_matching_loss(model, real, syn, execution=MatchingExecution(batched=False, compiled=True))
+    real, start = torch.randn(3, 6, 1, 8, 8), torch.randn(3, 2, 1, 8, 8)
+    results = []
+    for execution in (MatchingExecution(batched=True), MatchingExecution(batched=True, compiled=True),
+                      MatchingExecution(batched=False, compiled=True)):
+        syn = start.clone().requires_grad_(True)
+        loss = gradient_matching_loss(model, real, syn, execution=execution)
+        results.append((loss.detach(), torch.autograd.grad(loss, syn)[0]))
     assert not fast._BROKEN and any(key[0] == "real_side" for key in fast._COMPILED)
-    torch.testing.assert_close(compiled, eager, atol=1e-5, rtol=1e-5)
-    torch.testing.assert_close(per_class, eager, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results[1], results[0], atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(results[2], results[0], atol=1e-5, rtol=1e-5)
 
 
 def test_fast_paths_and_precision_are_chosen_per_device():
@@ -196,3 +201,56 @@ def test_inductor_compiles_the_per_class_dm_loss_on_this_cpu(monkeypatch):
         results.append((loss.detach(), syn.grad))
     assert not fast._BROKEN, fast._BROKEN
     torch.testing.assert_close(results[1], results[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.fixture
+def compiles_traced(monkeypatch):
+    """torch.compile through aot_eager (no kernel generation: seconds), every compiled function recorded."""
+    monkeypatch.setattr(fast, "_COMPILED", {})
+    monkeypatch.setattr(fast, "_BROKEN", [])
+    compile_ = torch.compile
+    monkeypatch.setattr(torch, "compile", lambda fn, **options: compile_(fn, backend="aot_eager", dynamic=False))
+
+
+@pytest.mark.parametrize("iterations", [CPU_COMPILE_MIN_ITERATIONS - 1, CPU_COMPILE_MIN_ITERATIONS])
+def test_distillations_compile_on_the_cpu_exactly_where_the_rule_says(compiles_traced, tmp_path, iterations):
+    """Iteration 0 of a DM and a DC run (stopped there): a run of CPU_COMPILE_MIN_ITERATIONS compiles DM's loss,
+    DC's real side and the inner loop's SGD step; one iteration shorter compiles nothing."""
+    from methods.DC_DSA_DM import main as dc_cli
+    from methods.DC_DSA_DM import main_DM as dm_cli
+
+    common = ["--dataset", "Digits", "--ipc", "2", "--batch_real", "8", "--num_eval", "0", "--random_seed", "0",
+              "--Iteration", str(iterations), "--stop_after", "0"]
+    dm_cli.main([*common, "--save_path", str(tmp_path / "dm")])
+    dc_cli.main([*common, "--method", "DC", "--save_path", str(tmp_path / "dc")])  # ipc 2: one inner loop
+    assert not fast._BROKEN, fast._BROKEN
+    compiled = {key[0] for key in fast._COMPILED}
+    assert compiled == ({"dm_loss", "real_side", "sgd_step"} if iterations >= CPU_COMPILE_MIN_ITERATIONS else set())
+
+
+class _Stop(Exception):
+    pass
+
+
+@pytest.mark.parametrize("epochs", [999, 1000])
+def test_validate_compiles_its_training_on_the_cpu_exactly_where_the_rule_says(monkeypatch, tmp_path, epochs):
+    """validate.py on a one-batch set with 2 networks: 2 x 1000 epochs = CPU_COMPILE_MIN_TRAINING_STEPS steps ask
+    train_models for the compiled step (which test_compiled_step_trains_like_the_eager_step shows compiling);
+    2 x 999 do not."""
+    import validate
+    from utils import engine
+
+    asked = []
+
+    def record(models, source, schedule, generators, **options):
+        asked.append(options.get("compiled"))
+        raise _Stop
+
+    monkeypatch.setattr(engine, "train_models", record)
+    path = tmp_path / "set.pt"
+    torch.save({"data": [[torch.randn(20, 1, 8, 8), torch.arange(10).repeat_interleave(2)]]}, path)
+    assert training_steps(2, 1000, 20, 256) == CPU_COMPILE_MIN_TRAINING_STEPS
+    with pytest.raises(_Stop):
+        validate.main(["--dataset", "Digits", "--synthesis_data_path", str(path), "--num_eval", "2", "--epochs",
+                       str(epochs), "--gpu", "cpu", "--result_json", str(tmp_path / "out.json")])
+    assert asked == [epochs == 1000]

@@ -12,7 +12,6 @@ import torch.nn.functional as F
 
 from methods.DC_DSA_DM.distribution_matching import distribution_matching_loss
 from methods.DC_DSA_DM.gradient_matching import (
-    LOOPS,
     MatchingExecution,
     get_loops,
     gradient_matching_loss,
@@ -162,12 +161,22 @@ def test_siamese_augment_is_differentiable_wrt_syn():
     assert syn.grad is not None and syn.grad.abs().sum() > 0
 
 
-def test_get_loops():
-    for ipc, loops in LOOPS.items():
-        assert get_loops(ipc) == loops
-    assert get_loops(2) == (2, 6)
-    assert get_loops(5) == (5, 23)
-    assert get_loops(15) == (15, 38)
+# The paper's (outer_loop, inner_loop) table (get_loops in its methods/DC_DSA_DM/utils.py), written out here,
+# not read from the code under test.
+PAPER_LOOPS = [(1, 1, 1), (10, 10, 50), (20, 20, 25), (30, 30, 20), (40, 40, 15), (50, 50, 10)]
+
+
+@pytest.mark.parametrize("ipc, outer, inner", PAPER_LOOPS)
+def test_get_loops_gives_the_papers_table(ipc, outer, inner):
+    assert get_loops(ipc) == (outer, inner)
+
+
+def test_get_loops_between_and_beyond_the_table():
+    # min(ipc, 50) outer steps; inner interpolated linearly between the neighbouring rows, rounded half up
+    assert get_loops(2) == (2, 6)  # 1 + (50 - 1) * 1/9 = 6.44
+    assert get_loops(5) == (5, 23)  # 1 + 49 * 4/9 = 22.8
+    assert get_loops(15) == (15, 38)  # 50 + (25 - 50) * 5/10 = 37.5
+    assert get_loops(45) == (45, 13)  # 15 + (10 - 15) * 5/10 = 12.5
     assert get_loops(100) == (50, 10)
     for ipc in range(1, 120):
         outer, inner = get_loops(ipc)
