@@ -1,4 +1,4 @@
-"""CLoM, the Contrastive Loss of pre-trained Models (PAPER_README.txt), in class-sum form.
+"""CLoM, the Contrastive Loss of pre-trained Models (the paper's loss), in class-sum form.
 
 For a real batch B (labels y_i) and the synthetic set S (labels y_j), with M[i, j] = [y_i == y_j]:
 

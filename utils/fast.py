@@ -1,7 +1,7 @@
 """Fast paths: compiled functional training steps (torch.compile; replayed as CUDA graphs on CUDA).
 
 An eager SGD step of a small network is ~60 tiny kernels launched one by one, plus optimizer kernels: on a
-GPU the step is launch-bound (DESIGN.md, performance design 6). Here the whole step — forward, backward,
+GPU the step is launch-bound (the GPU waits on launches, not on arithmetic). Here the whole step — forward, backward,
 weight decay, momentum, update — of K stacked models is ONE function of plain tensors:
 
     (params, buffers, momenta, x, y, lr) -> (new params, new momenta, per-sample losses, logits)

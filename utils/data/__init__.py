@@ -1,6 +1,8 @@
-"""The data sets of SPEC §7, read from their real on-disk formats into tensors resident on the device.
+"""The data sets (the paper code's, plus the bundled Digits), read from their real on-disk formats into tensors
+resident on the device.
 
-    table.py          the data sets: DatasetSpec rows (shape, classes, stats, files), names, lookup
+    spec.py           DatasetSpec: what a data set is (name, shape, classes, stats, files)
+    table.py          the data sets: one DatasetSpec each, names, lookup
     raw.py            what readers return, and their shared error plumbing
     idx.py  pickles.py  svhn.py  medmnist.py  image_folders.py  digits.py   one reader per format family
     imageset.py       ImageSet: one split on the device plus a per-class index
