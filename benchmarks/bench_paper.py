@@ -65,7 +65,7 @@ WHOLE = {
     "pool2x1": ("train_original_models.py", ["--dataset", "CIFAR10", "--model", "ConvNet", "--normalize_data",
                                              "--epochs", "1", "--num", "2"], 1, [], 1),
     "eval2x20": ("validate.py", [*_EVAL, "--epochs", "20", "--save_every", "20"], 2, ["--num_eval", "2"], 2),
-    # the evaluation goal: 20 networks x 1000 epochs; one of the paper's 20 commands is timed, x 20
+    # the paper's evaluation (eval_mode S): 20 networks x 1000 epochs; one of its 20 commands is timed, x 20
     "eval20x1000": ("validate.py", [*_EVAL, "--epochs", "1000", "--save_every", "1000"], 1, ["--num_eval", "20"], 20),
 }
 

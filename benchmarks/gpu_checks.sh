@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check and benchmark in one call of a short CUDA loan (about 8 minutes on an H200):
+# The CUDA tests and the GPU benchmarks in one command, each step under a time limit (about 8 minutes on an H200):
 #   1. the CUDA tests (tests/test_cuda.py);
 #   2. bench_paper.py: the paper's own code vs ours, whole commands, seconds per iteration (needs a checkout of
 #      the paper's code: PAPER=<its root>, default .paper_code/ in this checkout);
@@ -8,10 +8,11 @@
 #      default precision (tf32) and under bf16;
 #   4. bench_eval.py (evaluation ensembles), tf32 and bf16;
 #   5. profile_matching.py: where a DC step's time goes (channels-last and bf16 variants of the real side).
-# The issue-13 fidelity runs on CIFAR-format Digits are benchmarks/dsa_fidelity.py, run on their own.
+# Not here: bench_paper.py's whole-command cases (pool2x1, eval2x20, eval20x1000) and the accuracy runs
+# (dsa_fidelity.py, fidelity_paper.py, digits_table.py): each is run on its own.
 # $OUT (default ./gpu_out) gets summary.txt (printed last) and logs.tgz.
-#     bash benchmarks/gpu_session.sh
-#     QUICK=1 bash benchmarks/gpu_session.sh      # tiny settings, to try the script on a CPU
+#     bash benchmarks/gpu_checks.sh
+#     QUICK=1 bash benchmarks/gpu_checks.sh      # tiny settings, to try the script on a CPU
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
