@@ -145,7 +145,10 @@ def _add_run_flags(parser: argparse.ArgumentParser) -> None:
     run.add_argument("--random_seed", type=seed_int, default=None,
                      help="seed of every random draw (default: from the clock; logged and saved)")
     run.add_argument("--checkpoint_every", type=int, default=100, help="iterations between checkpoints")
-    run.add_argument("--resume", action="store_true", help="continue from the checkpoint in the save folder")
+    run.add_argument("--resume", action="store_true",
+                     help="continue the run in the save folder (its checkpoint, or more --num_exp); the settings "
+                     "that shape the set, the device type (CPU or CUDA), --precision and --eager must be the saved "
+                     "ones")
     run.add_argument("--stop_after", type=int, default=None, metavar="IT",
                      help="stop after iteration IT, with a checkpoint; continue later with --resume (default: "
                      "run to the end)")
