@@ -5,11 +5,14 @@ budget, and ONE evaluator (this suite's validate.py) scores every set, both tool
     python benchmarks/fidelity_paper.py --paper-code ... --out runs/fidelity32 --datasets CIFARDigits
     python benchmarks/fidelity_paper.py --summarize runs/fidelity [runs/fidelity32]
 
-Cells (--cells): DC ipc 1 (noise init, as both tools default), DSA ipc 10 and DM ipc 10 (real init), each
-alone and with CLoM: DC/DSA with the paper code's `ce` (alpha * CE(pool(syn), y)), which is our `ce_plain`;
-DM with `cos` (--CLoM_batch_size 8196: ours takes all real images when the set is smaller, the paper's code
-draws 8196 with replacement). CLoM's pool: --pool_size ConvNets trained --pool_epochs epochs on the real data
-by our train_original_models.py, loaded by both tools from the same files (the paper's layout).
+Cells (--cells, each <base>[+<distance>][@<alpha>]): DC1 (DC ipc 1, noise init, as both tools default), DSA10
+and DM10 (ipc 10, real init), alone or with CLoM: +ce_plain is the paper code's `ce` (alpha * CE(pool(syn), y)),
++cos its `cos` (--CLoM_batch_size 8196: ours takes all real images when the set is smaller, the paper's code
+draws 8196 with replacement), +ce our class-sum formula (ours only: the paper's code has none); @alpha
+overrides --alpha. The default cells are the fidelity table's: DC1, DSA10, DM10, each alone and with
+CLoM (DC/DSA: ce_plain, DM: cos). An alpha sweep is e.g. --tools ours --cells DM10,DM10+cos@1,DM10+cos@10.
+CLoM's pool: --pool_size ConvNets trained --pool_epochs epochs on the real data by our
+train_original_models.py, loaded by both tools from the same files (the paper's layout).
 
 Data (--datasets): Digits (scikit-learn's 8x8 digits, our fixed split, 1198 train / 599 test) and CIFARDigits
 (dsa_fidelity.py's CIFAR-10-format copy, 3x32x32, 5000 / 1000). The paper's scripts get the same normalized
@@ -20,8 +23,9 @@ updates once more than its --Iteration says (it saves after the update of iterat
 Evaluation: validate.py, --num_eval ConvNets x --eval_epochs with DSA (lr 0.01, x0.1 at half), evaluation
 seed 0 for every set (the same initial networks for all), the final epoch's accuracy. "random real" rows are
 --seeds random real subsets with the cell's images per class (validate.py --random_real's draw), evaluated the
-same way; IOR = acc(set) - acc(random real), paired network by network. The paper's code cannot be seeded (its
-network builder and its DSA reseed from the clock): its "seeds" are independent repeats; ours are --random_seed.
+same way; IOR = acc(set) - acc(random real), each a mean over the same evaluation networks. The paper's code
+cannot be seeded (its network builder and its DSA reseed from the clock): its "seeds" are independent repeats;
+ours are --random_seed.
 Outputs under --out: one folder per run, <run>.json with its accuracies, and the table from --summarize.
 """
 
@@ -45,17 +49,27 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 from paper_code import is_paper_checkout, save_tensors  # noqa: E402
 
 PAPER_DC, PAPER_DM = "methods/DC_DSA_DM/main.py", "methods/DC_DSA_DM/main_DM.py"
-# cell: (method kind for the budget, script, ipc, flags of both tools, CLoM flags: (paper's, ours))
 DSA = "color_crop_cutout_flip_scale_rotate"
-CELLS = {
-    "DC1": ("DC", PAPER_DC, 1, ["--method", "DC", "--ipc", "1"], None),
-    "DC1+ce": ("DC", PAPER_DC, 1, ["--method", "DC", "--ipc", "1"], ("ce", "ce_plain")),
-    "DSA10": ("DSA", PAPER_DC, 10, ["--method", "DSA", "--ipc", "10", "--init", "real", "--dsa_strategy", DSA], None),
-    "DSA10+ce": ("DSA", PAPER_DC, 10, ["--method", "DSA", "--ipc", "10", "--init", "real", "--dsa_strategy", DSA],
-                 ("ce", "ce_plain")),
-    "DM10": ("DM", PAPER_DM, 10, ["--ipc", "10", "--init", "real", "--dsa_strategy", DSA], None),
-    "DM10+cos": ("DM", PAPER_DM, 10, ["--ipc", "10", "--init", "real", "--dsa_strategy", DSA], ("cos", "cos")),
+# base cell: (method kind for the budget, script, ipc, flags of both tools)
+BASES = {
+    "DC1": ("DC", PAPER_DC, 1, ["--method", "DC", "--ipc", "1"]),
+    "DSA10": ("DSA", PAPER_DC, 10, ["--method", "DSA", "--ipc", "10", "--init", "real", "--dsa_strategy", DSA]),
+    "DM10": ("DM", PAPER_DM, 10, ["--ipc", "10", "--init", "real", "--dsa_strategy", DSA]),
 }
+# CLoM distances by our names -> the paper code's name (its `ce` computes our ce_plain; it has no formula ce)
+PAPER_DISTANCE = {"ce_plain": "ce", "cos": "cos", "ce": None}
+FIDELITY_CELLS = "DC1,DC1+ce_plain,DSA10,DSA10+ce_plain,DM10,DM10+cos"
+
+
+def parse_cell(cell: str, default_alpha: float) -> tuple[str, str | None, float]:
+    """'<base>[+<distance>][@<alpha>]', e.g. DM10+cos@10 -> ('DM10', 'cos', 10.0)."""
+    rest, _, alpha = cell.partition("@")
+    base, _, distance = rest.partition("+")
+    if base not in BASES or (distance and distance not in PAPER_DISTANCE) or (alpha and not distance):
+        raise ValueError(f"cell {cell!r}: expected <{'|'.join(BASES)}>[+<{'|'.join(PAPER_DISTANCE)}>][@<alpha>]")
+    return base, distance or None, float(alpha) if alpha else default_alpha
+
+
 DATASETS = {"Digits": "Digits", "CIFARDigits": "CIFAR10"}  # ours -> the --dataset both tools are given
 DEFAULT_BUDGETS = "Digits:DC=200,DSA=20,DM=500;CIFARDigits:DC=50,DSA=2,DM=100"
 
@@ -115,22 +129,25 @@ def jobs(args) -> list[tuple[str, str, str, str]]:
         for seed in args.seeds.split(","):
             for cell in args.cells.split(","):
                 for tool in args.tools.split(","):
+                    if tool == "paper" and parse_cell(cell, args.alpha)[1] == "ce":
+                        continue  # the paper's code has no formula ce
                     out.append((dataset, cell, tool, seed))
-            for ipc in sorted({CELLS[c][2] for c in args.cells.split(",")}):
+            for ipc in sorted({BASES[parse_cell(c, args.alpha)[0]][2] for c in args.cells.split(",")}):
                 out.append((dataset, f"random{ipc}", "real", seed))
     return out
 
 
 def distill(args, prepared: dict, dataset: str, cell: str, tool: str, seed: str) -> tuple[Path, float]:
-    kind, script, _, flags, clom = CELLS[cell]
+    base, distance, alpha = parse_cell(cell, args.alpha)
+    kind, script, _, flags = BASES[base]
     budget = parse_budgets(args.budgets)[dataset][kind]
     folder = args.out / f"{dataset}_{cell}_{tool}_seed{seed}"
     data, name = prepared[dataset], prepared[dataset]["name"]
     common = [*flags, "--num_eval", "0", "--save_path", str(folder)]
-    if clom is not None:
-        common += ["--CLoM", "--CLoM_distance", clom[0] if tool == "paper" else clom[1], "--models_pool", "ConvNet",
-                   "--alphas", str(args.alpha), "--model_num", str(args.pool_size), "--epoch", str(args.pool_epochs),
-                   "--source_dataset", name, "--CLoM_batch_size", "8196"]
+    if distance is not None:
+        common += ["--CLoM", "--CLoM_distance", PAPER_DISTANCE[distance] if tool == "paper" else distance,
+                   "--models_pool", "ConvNet", "--alphas", f"{alpha:g}", "--model_num", str(args.pool_size),
+                   "--epoch", str(args.pool_epochs), "--source_dataset", name, "--CLoM_batch_size", "8196"]
     for extra in args.extra.split(";") if args.extra else []:
         common += extra.split()
     log = args.out / f"{folder.name}.log"
@@ -189,7 +206,7 @@ def one_job(args, prepared: dict, job: tuple[str, str, str, str]) -> None:
     record.write_text(json.dumps({"dataset": dataset, "cell": cell, "tool": tool, "seed": seed, "final": final,
                                   "distill_s": round(seconds, 1), "set": str(synthetic_set),
                                   "budget": None if tool == "real" else
-                                  parse_budgets(args.budgets)[dataset][CELLS[cell][0]]}))
+                                  parse_budgets(args.budgets)[dataset][BASES[parse_cell(cell, args.alpha)[0]][0]]}))
     print(f"{name}: {100 * np.mean(final):.2f} ± {100 * np.std(final):.2f}% (distil {seconds:.0f} s, all "
           f"{time.time() - start:.0f} s)", flush=True)
 
@@ -205,10 +222,10 @@ def summarize(folders: list[Path]) -> str:
         by.setdefault((r["dataset"], r["cell"], r["tool"]), []).append(r)
     lines = ["| data set | cell | budget (updates) | paper's code: acc. (%) | IOR | ours: acc. (%) | IOR | "
              "ours − paper | runs |", "|---|---|---|---|---|---|---|---|---|"]
-    cells = [c for c in CELLS if any(k[1] == c for k in by)]
+    cells = list(dict.fromkeys(k[1] for k in by if k[2] != "real"))
     for dataset in dict.fromkeys(k[0] for k in by):
         for cell in cells:
-            ipc = CELLS[cell][2]
+            ipc = BASES[parse_cell(cell, 0.0)[0]][2]
             real = [a for r in by.get((dataset, f"random{ipc}", "real"), []) for a in r["final"]]
             row, means = [], {}
             for tool in ("paper", "ours"):
@@ -225,7 +242,7 @@ def summarize(folders: list[Path]) -> str:
             count = "/".join(str(len(by.get((dataset, cell, t), []))) for t in ("paper", "ours"))
             lines.append(f"| {dataset} | {cell} | {'/'.join(map(str, sorted(budgets)))} | {row[0]} | {row[1]} | "
                          f"{row[2]} | {row[3]} | {diff} | {count} |")
-        for ipc in sorted({CELLS[c][2] for c in cells}):
+        for ipc in sorted({BASES[parse_cell(c, 0.0)[0]][2] for c in cells}):
             real = by.get((dataset, f"random{ipc}", "real"), [])
             if real:
                 per_seed = [100 * np.mean(r["final"]) for r in real]
@@ -239,7 +256,8 @@ def main() -> None:
     parser.add_argument("--paper-code", type=Path, help="a checkout of the paper's repository (its root)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--datasets", default="Digits", help="comma-separated, of Digits, CIFARDigits")
-    parser.add_argument("--cells", default=",".join(CELLS), help=f"comma-separated, of {list(CELLS)}")
+    parser.add_argument("--cells", default=FIDELITY_CELLS,
+                        help="comma-separated <base>[+<distance>][@<alpha>]: bases " + ", ".join(BASES))
     parser.add_argument("--tools", default="paper,ours")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--budgets", default=DEFAULT_BUDGETS,
@@ -262,9 +280,10 @@ def main() -> None:
     if not is_paper_checkout(args.paper_code):
         sys.exit(f"fidelity_paper.py: {args.paper_code} is not a checkout of the paper's code")
     args.out = args.out.resolve()
-    unknown = [c for c in args.cells.split(",") if c not in CELLS]
-    if unknown:
-        sys.exit(f"fidelity_paper.py: unknown cell(s) {unknown}; choose from {list(CELLS)}")
+    try:
+        [parse_cell(c, args.alpha) for c in args.cells.split(",")]
+    except ValueError as err:
+        sys.exit(f"fidelity_paper.py: {err}")
     prepared = prepare(args)
     todo = jobs(args)
     print(f"{len(todo)} runs, {args.jobs} at a time; budgets {args.budgets}; evaluation {args.num_eval} ConvNets x "
