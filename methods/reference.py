@@ -83,3 +83,27 @@ def clom_direct(
     else:
         raise ValueError(f"clom_direct: distance must be 'ce' or 'cos', got {distance!r}")
     return alpha * (distance * mask).sum() / distance.sum()
+
+
+# ---------------------------------------------------------------- MTT: the whole unrolled student in one graph
+def unrolled_trajectory_loss(model: nn.Module, start: Tensor, target: Tensor, images: Tensor, labels: Tensor,
+                             syn_lr: Tensor, batches) -> Tensor:
+    """MTT's loss as its code computes it: the student starts at the flat parameters `start` (model.parameters()
+    order) and takes one SGD step per entry of `batches` = [(indices, transform), ...] on transform(images[indices]),
+    every step kept in one graph (create_graph=True); then |p_N - target|^2 / |start - target|^2. Differentiable
+    w.r.t. images and syn_lr."""
+    named = list(model.named_parameters())
+
+    def forward(flat: Tensor, x: Tensor) -> Tensor:
+        params, offset = {}, 0
+        for name, p in named:
+            params[name] = flat[offset: offset + p.numel()].view(p.shape)
+            offset += p.numel()
+        return torch.func.functional_call(model, params, (x,))
+
+    student = [start.detach().clone().requires_grad_(True)]
+    for indices, transform in batches:
+        ce = F.cross_entropy(forward(student[-1], transform(images[indices])), labels[indices])
+        grad = torch.autograd.grad(ce, student[-1], create_graph=True)[0]
+        student.append(student[-1] - syn_lr * grad)
+    return torch.sum((student[-1] - target) ** 2) / torch.sum((start - target) ** 2)
