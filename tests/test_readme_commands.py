@@ -1,9 +1,12 @@
-"""The paper README's commands, as written, on tiny CIFAR-format data sets in a temp dir.
+"""The README's commands as the README writes them, run on tiny CIFAR-format data sets in a temp dir.
 
-Each command is the README's text; only flags that shorten the run are appended (argparse keeps the last
-value): fewer epochs and iterations, ipc 1, one evaluation network, and the pool epoch that exists.
+The commands are read from README.md's ```bash blocks: the pool training, the two CLoM distillations (ce,
+cos), the validation and the DM command. Only flags that shorten a run are appended (argparse keeps the last
+value): fewer epochs and iterations, ipc 1, one evaluation network, the pool epoch that exists. An edited
+README command is therefore run as edited, and one that does not run fails here.
 """
 
+import re
 import shlex
 from pathlib import Path
 
@@ -14,20 +17,43 @@ from conftest import write_cifar10, write_cifar100
 import train_original_models
 import validate
 from methods.DC_DSA_DM import main as dc_main
+from methods.DC_DSA_DM import main_DM as dm_main
 from utils.cli import run_cli
 
-TRAIN = "python train_original_models.py --normalize_data --dataset CIFAR10 --model ConvNet --num 10"
-CLOM_CE = ("python methods/DC_DSA_DM/main.py --method DC --dataset CIFAR10 --model ConvNet --ipc 10 --CLoM "
-           "--CLoM_distance ce --models_pool ConvNet --alphas 1000  --model_num 1 --epoch 150 --source_dataset "
-           "CIFAR10 --CLoM_batch_size 8196")
-CLOM_COS = ("python methods/DC_DSA_DM/main.py --method DC --dataset CIFAR10 --model ConvNet --ipc 10 --CLoM "
-            "--CLoM_distance cos --models_pool ConvNet --alphas 1000  --model_num 1 --epoch 150 --source_dataset "
-            "CIFAR100 --CLoM_batch_size 8196")
-VALIDATE = ("python validate.py --normalize_data --dataset CIFAR10 --model ConvNet --dsa --method DC --ipc 10 "
-            "--synthesis_data_path <specified_path>")
+ROOT = Path(__file__).resolve().parents[1]
 # ipc 1 (one outer step, one inner epoch) instead of 10 keeps the CPU run to seconds; everything else as written
 SHORT_DISTILL = ["--ipc", "1", "--epoch", "1", "--Iteration", "1", "--num_eval", "1", "--epoch_eval_train", "1",
                  "--random_seed", "0", "--no_download"]
+
+
+def bash_lines(text: str) -> list[str]:
+    """The command lines of the ```bash blocks of a Markdown text (comments dropped)."""
+    lines = []
+    for block in re.findall(r"^```bash\n(.*?)^```", text, flags=re.S | re.M):
+        lines += [line.split(" #")[0].strip() for line in block.splitlines() if line.strip()]
+    return lines
+
+
+def readme_commands(text: str) -> dict[str, str]:
+    """The paper's four commands and the DM command, found in the README's bash blocks by what they run."""
+    wanted = {
+        "train": lambda c: c.startswith("python train_original_models.py "),
+        "ce": lambda c: c.startswith("python methods/DC_DSA_DM/main.py ") and "--CLoM_distance ce " in c,
+        "cos": lambda c: c.startswith("python methods/DC_DSA_DM/main.py ") and "--CLoM_distance cos " in c,
+        "validate": lambda c: c.startswith("python validate.py "),
+        "dm": lambda c: c.startswith("python methods/DC_DSA_DM/main_DM.py "),
+    }
+    found = {}
+    for line in bash_lines(text):
+        for name, matches in wanted.items():
+            if name not in found and matches(line):
+                found[name] = line
+    missing = sorted(set(wanted) - set(found))
+    assert not missing, f"README.md has no bash command for {missing}"
+    return found
+
+
+COMMANDS = readme_commands((ROOT / "README.md").read_text())
 
 
 def command(text: str, *extra: str) -> list[str]:
@@ -45,31 +71,34 @@ def workdir(tmp_path_factory):
 
 def test_readme_pipeline(workdir, monkeypatch):
     monkeypatch.chdir(workdir)
+    train = COMMANDS["train"]
     # 1. pools: the README trains 10 CIFAR10 ConvNets; the cos command needs a CIFAR100 one (one epoch each)
-    assert run_cli(train_original_models.main, command(TRAIN, "--num", "1", "--epochs", "1", "--no_download")) == 0
-    assert run_cli(train_original_models.main, command(TRAIN, "--num", "1", "--epochs", "1", "--dataset",
+    assert run_cli(train_original_models.main, command(train, "--num", "1", "--epochs", "1", "--no_download")) == 0
+    assert run_cli(train_original_models.main, command(train, "--num", "1", "--epochs", "1", "--dataset",
                                                        "CIFAR100", "--no_download")) == 0
     assert Path("pretrained_model/CIFAR10/original/ConvNet/index_0/CIFAR10_ConvNet_original_epoch1.pth").exists()
     assert Path("pretrained_model/CIFAR100/original/ConvNet/index_0/CIFAR100_ConvNet_original_epoch1.pth").exists()
 
-    # 2. the two CLoM commands
+    # 2. the two CLoM commands, and DM
     results = {}
-    for name, text in (("ce", CLOM_CE), ("cos", CLOM_COS)):
-        assert run_cli(lambda argv, key=name: results.__setitem__(key, dc_main.main(argv)),
-                       command(text, *SHORT_DISTILL)) == 0
+    for name, main in (("ce", dc_main.main), ("cos", dc_main.main), ("dm", dm_main.main)):
+        assert run_cli(lambda argv, key=name, main=main: results.__setitem__(key, main(argv)),
+                       command(COMMANDS[name], *SHORT_DISTILL)) == 0, name
     source = {"ce": "CIFAR10", "cos": "CIFAR100"}
-    for name, path in results.items():
+    for name in ("ce", "cos"):
         expected = (Path("condensed/CIFAR10/DC/IPC1/CLoM") / f"{name}_distance" / f"{source[name]}->CIFAR10"
                     / "MP['ConvNet']_Nm[1]_Epoch[1]" / "alphas['ConvNet']->[1000.0]" / "res_DC_CIFAR10_ConvNet_1ipc.pt")
-        assert Path(path) == expected
+        assert Path(results[name]) == expected
+    assert Path(results["dm"]).parts[:4] == ("condensed", "CIFAR10", "DM", "IPC1")
+    for name, path in results.items():
         content = torch.load(path, weights_only=True)
         images, labels = content["data"][0]
-        assert images.shape == (10, 3, 32, 32) and torch.isfinite(images).all()
+        assert images.shape == (10, 3, 32, 32) and torch.isfinite(images).all(), name
         assert torch.equal(labels, torch.arange(10))
         assert len(content["accs_all_exps"]["ConvNet"]) == 1
 
     # 3. validate the CE set
-    argv = [str(results["ce"]) if arg == "<specified_path>" else arg for arg in command(VALIDATE)]
+    argv = [str(results["ce"]) if arg == "<specified_path>" else arg for arg in command(COMMANDS["validate"])]
     argv += ["--epochs", "2", "--save_every", "1", "--no_download", "--random_seed", "0"]
     result = validate.main(argv)  # (validate's --ipc 10 only names a --save_model folder)
     assert len(result.final) == len(result.best) == len(result.best_epoch) == 1
@@ -82,13 +111,32 @@ def test_readme_pipeline(workdir, monkeypatch):
     assert "(optimistic: chosen on the test set; report the final one)" in log
 
 
-def test_readme_commands_parse_as_written():
-    ce = dc_main.get_args_parser().parse_args(command(CLOM_CE))
-    assert (ce.method, ce.ipc, ce.CLoM, ce.CLoM_distance, ce.models_pool, ce.alphas, ce.model_num, ce.epoch,
-            ce.source_dataset, ce.CLoM_batch_size) == ("DC", 10, True, "ce", ["ConvNet"], [1000.0], 1, 150,
-                                                       "CIFAR10", 8196)
-    assert dc_main.get_args_parser().parse_args(command(CLOM_COS)).source_dataset == "CIFAR100"
-    train = train_original_models.get_args_parser().parse_args(command(TRAIN))
-    assert (train.num, train.normalize_data, train.epochs) == (10, True, 150)
-    check = validate.get_args_parser().parse_args(command(VALIDATE))
+def test_readme_commands_are_the_papers():
+    # The paper's README commands (the contract), as the README shows them: parsed, they ask for the paper's runs.
+    ce = dc_main.get_args_parser().parse_args(command(COMMANDS["ce"]))
+    assert (ce.method, ce.dataset, ce.model, ce.ipc, ce.CLoM, ce.CLoM_distance, ce.models_pool, ce.alphas,
+            ce.model_num, ce.epoch, ce.source_dataset, ce.CLoM_batch_size) == (
+        "DC", "CIFAR10", "ConvNet", 10, True, "ce", ["ConvNet"], [1000.0], 1, 150, "CIFAR10", 8196)
+    cos = dc_main.get_args_parser().parse_args(command(COMMANDS["cos"]))
+    assert (cos.CLoM_distance, cos.source_dataset, cos.ipc) == ("cos", "CIFAR100", 10)
+    train = train_original_models.get_args_parser().parse_args(command(COMMANDS["train"]))
+    assert (train.dataset, train.model, train.num, train.normalize_data, train.epochs) == ("CIFAR10", "ConvNet", 10,
+                                                                                          True, 150)
+    check = validate.get_args_parser().parse_args(command(COMMANDS["validate"]))
     assert check.dsa and check.normalize_data and check.synthesis_data_path == "<specified_path>"
+    assert (check.dataset, check.model, check.method, check.ipc) == ("CIFAR10", "ConvNet", "DC", 10)
+    dm = dm_main.get_args_parser().parse_args(command(COMMANDS["dm"]))
+    assert (dm.method, dm.dataset, dm.ipc, dm.Iteration, dm.init) == ("DM", "CIFAR10", 50, 20000, "real")
+
+
+def test_the_readme_commands_are_found_as_written():
+    text = "```bash\npython validate.py --dsa   # a comment\npython train_original_models.py --num 3\n```\n" \
+           "```bash\npython methods/DC_DSA_DM/main.py --CLoM_distance cos --x\n" \
+           "python methods/DC_DSA_DM/main.py --CLoM_distance ce --y\npython methods/DC_DSA_DM/main_DM.py --ipc 5\n```\n"
+    found = readme_commands(text)
+    assert found == {"validate": "python validate.py --dsa", "train": "python train_original_models.py --num 3",
+                     "cos": "python methods/DC_DSA_DM/main.py --CLoM_distance cos --x",
+                     "ce": "python methods/DC_DSA_DM/main.py --CLoM_distance ce --y",
+                     "dm": "python methods/DC_DSA_DM/main_DM.py --ipc 5"}
+    with pytest.raises(AssertionError, match="dm"):
+        readme_commands(text.replace("main_DM.py", "other.py"))
