@@ -325,7 +325,7 @@ def test_resume_on_another_card_or_torch_continues_and_says_it_may_round_differe
     from methods.DC_DSA_DM.run_state import Execution
     from utils.runtime import make_runtime
 
-    # the card number is not recorded: cards of one model are interchangeable (same draws, same kernels)
+    # the card number is not recorded: cards of one type draw the same numbers from one seed
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "a CUDA card")
     cards = [Execution.of(make_runtime(torch.device("cuda", k)), 1000) for k in (0, 1)]
     make_runtime(torch.device("cpu"))

@@ -94,9 +94,9 @@ def all_reduce_sum_(dist: DistInfo, tensor: torch.Tensor) -> torch.Tensor:
 
 
 def multigpu_notice(multigpu: str | None) -> str | None:
-    """The paper's --multigpu wrapped models in DataParallel. We keep the flag but not that path: for the
-    small networks of dataset distillation DataParallel's per-step scatter/gather is slower than one GPU,
-    while torchrun splits whole models, evaluation networks and classes across processes."""
+    """The paper's --multigpu wrapped models in DataParallel, which splits every batch across cards. The flag
+    is kept but not that path: torchrun splits whole models, evaluation networks and classes across processes
+    instead (DataParallel was not benchmarked here)."""
     if not multigpu:
         return None
     return (f"--multigpu {multigpu}: one process drives one GPU (--gpu); to use several GPUs run the same "
