@@ -111,8 +111,23 @@ def test_readme_pipeline(workdir, monkeypatch):
     assert "(optimistic: chosen on the test set; report the final one)" in log
 
 
+# The paper's README, verbatim (its double space included): the README says its first four commands are these.
+PAPER = {
+    "train": "python train_original_models.py --normalize_data --dataset CIFAR10 --model ConvNet --num 10",
+    "ce": "python methods/DC_DSA_DM/main.py --method DC --dataset CIFAR10 --model ConvNet --ipc 10 --CLoM "
+          "--CLoM_distance ce --models_pool ConvNet --alphas 1000  --model_num 1 --epoch 150 --source_dataset CIFAR10 "
+          "--CLoM_batch_size 8196",
+    "cos": "python methods/DC_DSA_DM/main.py --method DC --dataset CIFAR10 --model ConvNet --ipc 10 --CLoM "
+           "--CLoM_distance cos --models_pool ConvNet --alphas 1000  --model_num 1 --epoch 150 --source_dataset "
+           "CIFAR100 --CLoM_batch_size 8196",
+    "validate": "python validate.py --normalize_data --dataset CIFAR10 --model ConvNet --dsa --method DC --ipc 10 "
+                "--synthesis_data_path <specified_path>",
+}
+
+
 def test_readme_commands_are_the_papers():
-    # The paper's README commands (the contract), as the README shows them: parsed, they ask for the paper's runs.
+    assert {name: COMMANDS[name] for name in PAPER} == PAPER
+    # parsed, they ask for the paper's runs
     ce = dc_main.get_args_parser().parse_args(command(COMMANDS["ce"]))
     assert (ce.method, ce.dataset, ce.model, ce.ipc, ce.CLoM, ce.CLoM_distance, ce.models_pool, ce.alphas,
             ce.model_num, ce.epoch, ce.source_dataset, ce.CLoM_batch_size) == (
