@@ -28,7 +28,7 @@ from methods.DC_DSA_DM.run_state import RunState, RunStore
 from methods.DC_DSA_DM.synset import class_labels, initial_images, visualization_png
 from methods.MTT.config import MttConfig, evaluation_iterations
 from methods.MTT.expert_set import ExpertSet
-from methods.MTT.trajectory_matching import MTT_DSA, FlatNetwork, draw_student_steps, match_trajectory
+from methods.MTT.trajectory_matching import MTT_DSA, FlatNetwork, StudentSteps, draw_student_steps, match_trajectory
 from utils.augment import dsa_augmenter
 from utils.data import LoadedDataset
 from utils.data.zca import ZCA_EPS
@@ -122,8 +122,9 @@ def distill_experiment(cfg: MttConfig, res: Resources, store: MttRunStore, state
     if saved["images"] is not None:
         optimizer_img.load_state_dict(saved["images"])
         optimizer_lr.load_state_dict(saved["lr"])
-    student = FlatNetwork(build_seeded_network(cfg.model, spec.channel, spec.num_classes, spec.im_size,
-                                               derive_seed(seed, "student", exp), res.device).train())
+    student = StudentSteps(FlatNetwork(build_seeded_network(cfg.model, spec.channel, spec.num_classes, spec.im_size,
+                                                            derive_seed(seed, "student", exp), res.device).train()),
+                           compiled=res.runtime.compiles(cfg.iterations))
     evaluate_at = evaluation_iterations(cfg)
     final_accs: dict[str, list[float]] = {}
 
@@ -147,8 +148,9 @@ def distill_experiment(cfg: MttConfig, res: Resources, store: MttRunStore, state
             if it == cfg.iterations:
                 break
             loss, start_epoch = iteration(cfg, res, student, image_syn, labels, syn_lr, seed, exp, it)
-            if not (math.isfinite(loss) and math.isfinite(float(syn_lr.detach()))):
-                raise NonFiniteLossError(f"the loss became {loss} (syn_lr {float(syn_lr.detach()):.4g}) at iteration {it} of "
+            learned_lr = float(syn_lr.detach())
+            if not (math.isfinite(loss) and math.isfinite(learned_lr)):
+                raise NonFiniteLossError(f"the loss became {loss} (syn_lr {learned_lr:.4g}) at iteration {it} of "
                                          f"experiment {exp}")
             optimizer_img.step()
             optimizer_lr.step()
@@ -160,9 +162,9 @@ def distill_experiment(cfg: MttConfig, res: Resources, store: MttRunStore, state
             raise NonFiniteLossError(f"{err}; the last good synthetic set is saved in {store.files.checkpoint} "
                                      f"(try a smaller --lr_img or --lr_lr)") from None
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}", syn_lr=f"{float(syn_lr.detach()):.4g}")
+        bar.set_postfix(loss=f"{loss:.4f}", syn_lr=f"{learned_lr:.4g}")
         if it % 10 == 0:
-            get_logger().info("exp %d iter %05d loss %.4f syn_lr %.6g start epoch %d", exp, it, loss, float(syn_lr.detach()),
+            get_logger().info("exp %d iter %05d loss %.4f syn_lr %.6g start epoch %d", exp, it, loss, learned_lr,
                               start_epoch)
         if (it + 1) % cfg.checkpoint_every == 0 or it == cfg.stop_after:
             snapshot(it + 1)
@@ -173,20 +175,20 @@ def distill_experiment(cfg: MttConfig, res: Resources, store: MttRunStore, state
     bar.close()
     for name, accs in final_accs.items():
         state.accs_all_exps.setdefault(name, []).extend(accs)
-    state.data.append([image_syn.detach().cpu().clone(), labels.cpu(), float(syn_lr)])
+    state.data.append([image_syn.detach().cpu().clone(), labels.cpu(), float(syn_lr.detach())])
     state.exp, state.next_iteration, state.images, state.optimizer_state = exp + 1, 0, None, None
     return True
 
 
-def iteration(cfg: MttConfig, res: Resources, student: FlatNetwork, image_syn: Tensor, labels: Tensor,
+def iteration(cfg: MttConfig, res: Resources, student: StudentSteps, image_syn: Tensor, labels: Tensor,
               syn_lr: Tensor, seed: int, exp: int, it: int) -> tuple[float, int]:
     """One MTT iteration's loss; leaves the gradients in image_syn.grad and syn_lr.grad. Returns (loss, start
     epoch)."""
     generator = make_generator(derive_seed(seed, "iteration", exp, it), res.device)
     expert = res.experts.experts[res.experts.expert_for(exp, it)]
     start_epoch = int(torch.randint(cfg.max_start_epoch, (1,), generator=generator, device=res.device))
-    start = student.flatten(expert[start_epoch], res.device, image_syn.dtype)
-    target = student.flatten(expert[start_epoch + cfg.expert_epochs], res.device, image_syn.dtype)
+    start = student.net.flatten(expert[start_epoch], res.device, image_syn.dtype)
+    target = student.net.flatten(expert[start_epoch + cfg.expert_epochs], res.device, image_syn.dtype)
     draws = draw_student_steps(len(image_syn), cfg.syn_steps, cfg.batch_syn or len(image_syn), cfg.augmentation,
                                image_syn.shape, generator, MTT_DSA)
     result = match_trajectory(student, start, target, image_syn, labels, syn_lr, draws, MTT_DSA)

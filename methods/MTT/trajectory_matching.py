@@ -36,6 +36,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 
 from utils.augment import DSA_OPS, DSAParams, Params, apply_dsa_op, draw_dsa_params, parse_strategy
+from utils.errors import one_line
+from utils.log import get_logger
 
 MTT_DSA = DSAParams()  # MTT's DiffAugment: the DSA code's defaults, scale and rotate with align_corners=True
 
@@ -105,6 +107,67 @@ def student_batch(images: Tensor, draw: StudentDraw, dsa: DSAParams = MTT_DSA) -
     return x if draw.op is None else apply_dsa_op(draw.op, x, draw.params, dsa).contiguous()
 
 
+class StudentSteps:
+    """The two computations of a student step at parameters p on an (augmented) batch x:
+    `gradient(p, x, y)` = g = grad_p CE, and `hvp(p, x, y, a)` = (g, (dg/dp)^T a, (dg/dx)^T a).
+
+    Eager: plain autograd. Compiled (torch.compile of the torch.func form, one graph each): the norm layers'
+    double backward is dozens of elementwise ops that inductor fuses; 1.7x faster per step on a CPU
+    (ConvNet, 100 images of 32x32x3), equal to the eager result up to float rounding (tests/test_mtt.py)."""
+
+    def __init__(self, net: FlatNetwork, compiled: bool = False):
+        self.net, self.compiled = net, compiled
+        self.gradient, self.hvp = self._eager_gradient, self._eager_hvp
+        if compiled:
+            self.gradient = self._first_call_falls_back(torch.compile(self._func_gradient, dynamic=False), "gradient")
+            self.hvp = self._first_call_falls_back(torch.compile(self._func_hvp, dynamic=False), "hvp")
+
+    def _first_call_falls_back(self, compiled_fn, name: str):
+        """A compiler that cannot build the step on this machine fails on the first call: then run eagerly
+        (same results up to rounding) and say so, rather than stop the run."""
+        tried = False
+
+        def call(*args):
+            nonlocal tried
+            if tried:
+                return compiled_fn(*args)
+            tried = True
+            try:
+                return compiled_fn(*args)
+            except Exception as err:  # torch.compile raises many types
+                get_logger().warning("compiling the student's %s failed (%s); running it eagerly", name,
+                                     one_line(err, 200))
+                eager = getattr(self, f"_eager_{name}")
+                setattr(self, name, eager)
+                self.compiled = False
+                return eager(*args)
+
+        return call
+
+    def _loss(self, p: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        return F.cross_entropy(self.net(p, x), y)
+
+    def _eager_gradient(self, p: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        p = p.detach().requires_grad_(True)
+        with torch.enable_grad():
+            return torch.autograd.grad(self._loss(p, x.detach(), y), p)[0]
+
+    def _eager_hvp(self, p: Tensor, x: Tensor, y: Tensor, a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        p, x = p.detach().requires_grad_(True), x.detach().requires_grad_(True)
+        with torch.enable_grad():
+            (grad,) = torch.autograd.grad(self._loss(p, x, y), p, create_graph=True)
+            hvp_p, vjp_x = torch.autograd.grad(grad, (p, x), grad_outputs=a)
+        return grad.detach(), hvp_p, vjp_x
+
+    def _func_gradient(self, p: Tensor, x: Tensor, y: Tensor) -> Tensor:
+        return torch.func.grad(self._loss)(p, x, y)
+
+    def _func_hvp(self, p: Tensor, x: Tensor, y: Tensor, a: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        grad, pullback = torch.func.vjp(lambda p, x: torch.func.grad(self._loss)(p, x, y), p, x)
+        hvp_p, vjp_x = pullback(a)
+        return grad, hvp_p, vjp_x
+
+
 @dataclass
 class TrajectoryGradients:
     loss: Tensor  # L, detached
@@ -113,20 +176,15 @@ class TrajectoryGradients:
     final_params: Tensor  # p_N (for tests and diagnostics)
 
 
-def match_trajectory(net: FlatNetwork, start: Tensor, target: Tensor, images: Tensor, labels: Tensor,
+def match_trajectory(steps: StudentSteps, start: Tensor, target: Tensor, images: Tensor, labels: Tensor,
                      syn_lr: Tensor, draws: Sequence[StudentDraw], dsa: DSAParams = MTT_DSA) -> TrajectoryGradients:
     """L and its exact gradients with respect to the synthetic images and the student's learning rate, with one
     student step's graph in memory at a time (see the module docstring)."""
-    images = images.detach()
-    lr = syn_lr.detach()
-    start = start.detach()
+    images, lr, start = images.detach(), syn_lr.detach(), start.detach()
     # Forward: the student's trajectory, parameters only.
     trajectory = [start]
     for draw in draws:
-        p = trajectory[-1].detach().requires_grad_(True)
-        with torch.enable_grad():
-            loss = F.cross_entropy(net(p, student_batch(images, draw, dsa)), labels.index_select(0, draw.indices))
-            (grad,) = torch.autograd.grad(loss, p)
+        grad = steps.gradient(trajectory[-1], student_batch(images, draw, dsa), labels.index_select(0, draw.indices))
         trajectory.append(trajectory[-1] - lr * grad)
     final = trajectory[-1]
     distance = (final - target).square().sum()
@@ -137,13 +195,13 @@ def match_trajectory(net: FlatNetwork, start: Tensor, target: Tensor, images: Te
     grad_lr = torch.zeros_like(lr)
     for k in range(len(draws) - 1, -1, -1):
         draw = draws[k]
-        p = trajectory[k].detach().requires_grad_(True)
         x = images.detach().requires_grad_(True)
         with torch.enable_grad():
-            loss = F.cross_entropy(net(p, student_batch(x, draw, dsa)), labels.index_select(0, draw.indices))
-            (grad,) = torch.autograd.grad(loss, p, create_graph=True)
-            hvp_p, vjp_x = torch.autograd.grad(grad, (p, x), grad_outputs=adjoint)
-        grad_lr -= (adjoint * grad.detach()).sum()
+            batch = student_batch(x, draw, dsa)  # the augmentation's graph, to carry (dg/d batch)^T a back to X
+        grad, hvp_p, vjp_batch = steps.hvp(trajectory[k], batch.detach(), labels.index_select(0, draw.indices),
+                                           adjoint)
+        (vjp_x,) = torch.autograd.grad(batch, x, grad_outputs=vjp_batch)
+        grad_lr -= (adjoint * grad).sum()
         grad_images -= lr * vjp_x
         adjoint = adjoint - lr * hvp_p
         trajectory[k + 1] = None  # p_{k+1} is no longer needed
