@@ -31,7 +31,13 @@ class ExpertSet:
             self.files = [files[i] for i in order[:max_files].tolist()]
         self.experts: list[Expert] = []
         for path in self.files:
-            self.experts += load_experts(path)[:max_experts]
+            experts = load_experts(path)[:max_experts]
+            for k, expert in enumerate(experts):
+                if all(torch.equal(first, last) for first, last in zip(expert[0], expert[-1])):
+                    raise UserError(f"{path}: expert {k} has the same weights at every epoch (MTT's buffer.py run on a "
+                                    "CPU stores views of the live weights, so every epoch is the last one); make the "
+                                    "experts with methods/MTT/buffer.py")
+            self.experts += experts
         self.seed, self.load_all = seed, load_all
 
     def __len__(self) -> int:
