@@ -9,8 +9,10 @@ the process that runs one of its scripts first installs these run-time stand-ins
   log ("Progress") and the learned lr ("Synthetic_LR"); at wandb.finish() (the end of its main) it saves the
   final synthetic images, labels and learned lr as a result file in our format ({'data', 'syn_lr', ...}), which
   its code itself keeps only in wandb (the lr) or when an evaluation improves (the images);
-- torchvision's CIFAR10 checks the files' checksums and downloads when they differ: the check is skipped, so the
-  CIFAR-10 pickles of --data (e.g. the CIFAR-format Digits of dsa_fidelity.py) are read as CIFAR10;
+- torchvision's CIFAR10 checks the files' checksums (data and batches.meta) and downloads when they differ: the
+  checks are skipped, so the CIFAR-10 pickles of --data_path (e.g. the CIFAR-format Digits of dsa_fidelity.py)
+  are read as CIFAR10; those pickles have bytes keys (b"data"), which torchvision's reader (str keys) does not
+  find: it gets them decoded;
 - the 8x8 Digits (a tensor file written by paper_code.save_tensors, already normalized): its get_dataset knows
   only CIFAR10/CIFAR100/Tiny/ImageNet, so for that data set name it returns these tensors instead;
 - on a machine without CUDA, Tensor.cuda is the identity (its distill.py moves the images to CUDA before saving),
@@ -79,6 +81,12 @@ def wandb_stand_in(recorder: _Recorder, result: Path | None, zca: bool) -> types
     return wandb
 
 
+def _str_keys(entry):
+    if not isinstance(entry, dict):
+        return entry
+    return {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
+
+
 def install_stand_ins(mtt: Path, script: str, data: Path | None, recorder: _Recorder, result: Path | None, zca: bool):
     """In this process: MTT's checkout first on sys.path (our own repository off it: its utils.py would clash
     with our utils package), and the stand-ins above."""
@@ -88,6 +96,10 @@ def install_stand_ins(mtt: Path, script: str, data: Path | None, recorder: _Reco
     sys.path[:] = [str(mtt)] + [p for p in sys.path if Path(p or ".").resolve() != ROOT]
     sys.modules["wandb"] = wandb_stand_in(recorder, result, zca)
     torchvision.datasets.CIFAR10._check_integrity = lambda self: True
+    torchvision.datasets.cifar.check_integrity = lambda *a, **k: True  # batches.meta's checksum
+    cifar = torchvision.datasets.cifar
+    own_load = cifar.pickle.load
+    cifar.pickle = types.SimpleNamespace(load=lambda f, **k: _str_keys(own_load(f, **k)))
     if not torch.cuda.is_available():
         torch.Tensor.cuda = lambda self, *a, **k: self
         if script == "buffer.py":

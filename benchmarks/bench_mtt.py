@@ -1,0 +1,192 @@
+"""MTT distillation against MTT's own code, in one run: seconds per iteration and peak memory, same flags and data.
+
+    python benchmarks/bench_mtt.py --mtt-code <mtt-distillation checkout> --out runs/bench_mtt \\
+        --syn_steps 20 80 --iterations 3
+
+Both tools distil the CIFAR-format Digits (dsa_fidelity.py: 5000 train / 1000 test, 3x32x32, read as CIFAR10) with
+ConvNet, ipc 10, lr_img 1000, lr_lr 1e-05, lr_teacher 0.01, DSA, the whole synthetic set per student step, from the
+same expert buffer (made once by our buffer.py: --buffer_experts x --buffer_epochs; expert_epochs 2, start epoch
+0, so every iteration does the same work), with no evaluation. Each run is its own process (one thread unless
+--threads), one after another. Seconds per iteration: the median over --iterations timed iterations after one
+warm-up iteration (ours: the iteration function; MTT's: between its per-iteration "Progress" logs, through the
+mtt_code.py stand-ins). Ours is timed eagerly and, with --compiled, with the compiled student steps (a run of 500
+iterations, stopped after the timed ones: the CPU compiles from 500). Peak memory: the process's peak resident set
+size (getrusage of the child); a run whose resident set passes --memory_cap_gb is stopped there (its peak is then
+reported as more than the cap). The table goes to stdout and <out>/bench_mtt.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def common_flags(args, data: Path, buffers: Path, syn_steps: int, iterations: int) -> list[str]:
+    return ["--dataset=CIFAR10", f"--data_path={data}", f"--model={args.model}", f"--ipc={args.ipc}",
+            f"--syn_steps={syn_steps}", "--expert_epochs=2", "--max_start_epoch=1", f"--Iteration={iterations}",
+            f"--eval_it={iterations + 1}", "--num_eval=0", "--lr_img=1000", "--lr_lr=1e-05", "--lr_teacher=0.01",
+            f"--buffer_path={buffers}"]
+
+
+def run_measured(command: list[str], log: Path, cap_bytes: int, threads: int) -> dict:
+    """Run `command` to its end (or until its resident set passes the cap); its peak RSS and wall time."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
+    start = time.perf_counter()
+    with open(log, "w") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent)
+        capped = False
+        while True:
+            pid, status, usage = os.wait4(process.pid, os.WNOHANG)
+            if pid:
+                break
+            if _rss_bytes(process.pid) > cap_bytes:
+                capped = True
+                process.kill()
+            time.sleep(0.2)
+    return {"peak_rss_gb": usage.ru_maxrss * 1024 / 2**30, "capped": capped,
+            "exit_status": os.waitstatus_to_exitcode(status), "wall_s": time.perf_counter() - start}
+
+
+def _rss_bytes(pid: int) -> int:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def seconds_per_iteration(starts: list[float], skip: int = 1) -> float | None:
+    gaps = [b - a for a, b in zip(starts, starts[1:])][skip:]
+    return statistics.median(gaps) if gaps else None
+
+
+def run_ours_in_process(times_file: Path, argv: list[str]) -> None:
+    """(The child process of an `ours` run.) Our distill.py with each iteration timed."""
+    from methods.MTT import distill, matching_run
+
+    starts: list[float] = []
+    timed = matching_run.iteration
+
+    def iteration(*a, **k):
+        starts.append(time.perf_counter())
+        result = timed(*a, **k)
+        starts.append(time.perf_counter())
+        return result
+
+    matching_run.iteration = iteration
+    try:
+        distill.main(argv)
+    finally:
+        times_file.write_text(json.dumps({"durations": [b - a for a, b in zip(starts[::2], starts[1::2])]}))
+
+
+def make_buffer(args, data: Path, buffers: Path) -> None:
+    if (buffers / "CIFAR10_NO_ZCA" / args.model / "replay_buffer_0.pt").exists():
+        return
+    subprocess.run([sys.executable, str(ROOT / "methods/MTT/buffer.py"), "--dataset=CIFAR10", f"--data_path={data}",
+                    f"--model={args.model}", f"--num_experts={args.buffer_experts}",
+                    f"--train_epochs={args.buffer_epochs}", f"--buffer_path={buffers}", "--random_seed=0"],
+                   check=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--mtt-code", type=Path, default=None, help="a checkout of MTT's repository (required)")
+    parser.add_argument("--out", type=Path, default=Path("runs/bench_mtt"))
+    parser.add_argument("--syn_steps", type=int, nargs="+", default=[20, 80])
+    parser.add_argument("--iterations", type=int, default=3, help="timed iterations (after one warm-up)")
+    parser.add_argument("--ipc", type=int, default=10)
+    parser.add_argument("--model", default="ConvNet")
+    parser.add_argument("--tools", nargs="+", default=["mtt", "ours", "ours_compiled"],
+                        choices=["mtt", "ours", "ours_compiled"])
+    parser.add_argument("--memory_cap_gb", type=float, default=10.0)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--buffer_experts", type=int, default=1)
+    parser.add_argument("--buffer_epochs", type=int, default=2)
+    parser.add_argument("--run-ours", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.run_ours:
+        run_ours_in_process(Path(args.run_ours[0]), args.run_ours[1:])
+        return
+    if args.mtt_code is None:
+        parser.error("--mtt-code is required")
+    from dsa_fidelity import write_cifar_digits
+
+    out = args.out.resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    data = out / "cifar_digits"
+    write_cifar_digits(data / "cifar-10-batches-py")
+    buffers = out / "buffers"
+    make_buffer(args, data, buffers)
+    results_file = out / "bench_mtt.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    cap = int(args.memory_cap_gb * 2**30)
+    for steps in args.syn_steps:
+        for tool in args.tools:
+            name = f"{tool}_steps{steps}"
+            times = out / f"{name}_times.json"
+            if tool == "mtt":
+                flags = common_flags(args, data, buffers, steps, args.iterations + 1)
+                command = [sys.executable, str(ROOT / "benchmarks/mtt_code.py"), "--mtt-code",
+                           str(args.mtt_code.resolve()), "--seed", "0", "--times", str(times), "distill.py", *flags]
+            else:
+                total = 500 if tool == "ours_compiled" else args.iterations + 1
+                flags = common_flags(args, data, buffers, steps, total)
+                flags += ["--random_seed=0", f"--save_path={out / name}", "--checkpoint_every=100000",
+                          f"--stop_after={args.iterations}"]
+                command = [sys.executable, str(Path(__file__).resolve()), "--run-ours", str(times), *flags]
+            print(f"running {name} ...", flush=True)
+            measured = run_measured(command, out / f"{name}.log", cap, args.threads)
+            timing = json.loads(times.read_text()) if times.exists() else {}
+            if tool == "mtt":
+                starts = [t for _, t in timing.get("progress", [])]
+                measured["s_per_iteration"] = seconds_per_iteration(starts)
+            else:
+                durations = timing.get("durations", [])[1:]
+                measured["s_per_iteration"] = statistics.median(durations) if durations else None
+            results[name] = measured
+            results_file.write_text(json.dumps(results, indent=2))
+            print(name, measured, flush=True)
+    print_table(results, args)
+
+
+def print_table(results: dict, args) -> None:
+    import torch
+
+    print(f"\nCIFAR-format Digits, {args.model}, ipc {args.ipc}, CPU, {args.threads} thread(s), "
+          f"torch {torch.__version__}")
+    print("| syn_steps | tool | s / iteration | peak RSS (GB) | ours / MTT's time | ours / MTT's peak RSS |")
+    print("|---|---|---|---|---|---|")
+    for steps in args.syn_steps:
+        theirs = results.get(f"mtt_steps{steps}", {})
+        for tool in args.tools:
+            row = results.get(f"{tool}_steps{steps}")
+            if not row:
+                continue
+            spi = row.get("s_per_iteration")
+            rss = f"> {args.memory_cap_gb:g} (stopped)" if row["capped"] else f"{row['peak_rss_gb']:.2f}"
+            speed = memory = "–"
+            if tool != "mtt" and theirs:
+                if spi and theirs.get("s_per_iteration"):
+                    speed = f"{spi / theirs['s_per_iteration']:.2f}"
+                bound = "≤ " if theirs.get("capped") else ""
+                their_peak = args.memory_cap_gb if theirs.get("capped") else theirs["peak_rss_gb"]
+                memory = f"{bound}{row['peak_rss_gb'] / their_peak:.2f}"
+            shown = f"{spi:.1f}" if spi else ("– (stopped)" if row["capped"] else "–")
+            print(f"| {steps} | {tool} | {shown} | {rss} | {speed} | {memory} |")
+
+
+if __name__ == "__main__":
+    main()
