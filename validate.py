@@ -39,6 +39,7 @@ from utils.cli import (
     training_parser,
 )
 from utils.data import get_dataset_spec, load_dataset
+from utils.data.zca import ZCA_EPS, zca_whiten_dataset
 from utils.engine import NetworkSpec, Schedule, TensorSource, train_and_test
 from utils.errors import UserError
 from utils.io import (
@@ -51,6 +52,7 @@ from utils.io import (
     to_plain,
 )
 from utils.log import get_logger, setup_logging
+from utils.results import LEARNED_LR
 from utils.runtime import fast_paths_note, training_steps
 from utils.seeding import derive_seed, make_generator
 
@@ -59,6 +61,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser = training_parser(__doc__, epochs=1000, weight_decay=0.0005, save_every=50,
                              save_every_help="test every N epochs (and after the last)", lr_decay_step="500",
                              seed_help="network k uses seed+k (default: from the clock; logged and saved)")
+    _lr_default_from_the_set(parser)
     parser.add_argument("--method", default="DC", help="method that made the set (names the --save_model folder)")
     parser.add_argument("--ipc", type=int, default=10, help="images per class (names the --save_model folder)")
     parser.add_argument("--save_model", action="store_true",
@@ -86,6 +89,26 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _lr_default_from_the_set(parser: argparse.ArgumentParser) -> None:
+    """--lr: a set that holds its learned learning rate (MTT's syn_lr) trains with it, as MTT evaluates; --lr
+    overrides it."""
+    for action in parser._actions:
+        if action.dest == "lr":
+            action.default = None
+            action.help = ("learning rate (SGD) (default: the set's learned lr when the file holds one, as MTT's "
+                           "'syn_lr'; else 0.01)")
+
+
+def learning_rate(flag: float | None, content: dict, experiment: int) -> tuple[float, str]:
+    """(lr, where it came from): --lr when given, else the set's learned lr, else 0.01."""
+    learned = content.get("syn_lr")
+    if flag is not None:
+        return flag, "--lr"
+    if isinstance(learned, (list, tuple)) and len(learned) > experiment and math.isfinite(float(learned[experiment])):
+        return float(learned[experiment]), LEARNED_LR
+    return 0.01, "default"
+
+
 def main(argv=None):
     args = parse_flags(get_args_parser(), argv)
     start = time.time()
@@ -106,8 +129,12 @@ def main(argv=None):
     seed = fix_seed(dist, args.random_seed)
 
     images, labels, content = load_result_file(args.synthesis_data_path, args.experiment)
-    data = load_dataset(args.dataset, args.data_path, device, normalize=args.normalize_data,
+    args.lr, args.lr_source = learning_rate(args.lr, content, args.experiment)
+    zca = content.get("zca")  # a set distilled on ZCA-whitened images (MTT --zca): the real images are whitened too
+    data = load_dataset(args.dataset, args.data_path, device, normalize=args.normalize_data and not zca,
                         download=not args.no_download)
+    if zca:
+        data, _ = zca_whiten_dataset(data, float(zca.get("eps", ZCA_EPS)))
     spec = data.spec
     if tuple(images.shape[1:]) != (spec.channel, *spec.im_size):
         raise UserError(f"{args.synthesis_data_path}: images are {tuple(images.shape[1:])} but {spec.name} is "
@@ -150,8 +177,9 @@ def _train_and_report(args, runtime, seed, synthetic, content, data, milestones,
     logger.info("command: %s", " ".join(sys.argv))
     if distributed.multigpu_notice(args.multigpu):
         logger.info(distributed.multigpu_notice(args.multigpu))
-    logger.info("seed %d | device %s | %s: %d synthetic images, %d test | normalized %s | dsa %s",
-                seed, device, spec.name, len(labels), len(data.test), args.normalize_data, args.dsa)
+    logger.info("seed %d | device %s | %s: %d synthetic images, %d test | normalized %s | dsa %s | lr %g (%s)",
+                seed, device, spec.name, len(labels), len(data.test),
+                "no: ZCA-whitened" if content.get("zca") else args.normalize_data, args.dsa, args.lr, args.lr_source)
     steps = training_steps(args.num_eval, args.epochs, len(labels), args.batch_size)
     logger.info("precision %s | fast paths %s", runtime.precision, fast_paths_note(runtime, steps=steps))
 
@@ -178,7 +206,8 @@ def _train_and_report(args, runtime, seed, synthetic, content, data, milestones,
     if dist.is_main:
         record = {"synthesis_data_path": str(args.synthesis_data_path), "experiment": args.experiment,
                   "dataset": spec.name, "model": args.model, "method": args.method, "ipc": args.ipc, "seed": seed,
-                  "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "momentum": args.momentum,
+                  "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr, "lr_source": args.lr_source,
+                  "momentum": args.momentum,
                   "weight_decay": args.weight_decay, "lr_decay_step": milestones, "dsa": args.dsa,
                   "dsa_strategy": args.dsa_strategy if args.dsa else None, "normalize_data": args.normalize_data,
                   "num_eval": args.num_eval, "final": result.final, "best": result.best,

@@ -41,6 +41,8 @@ NOT_SETTINGS = frozenset({
 VALIDATE_SETTINGS = ("epochs", "batch_size", "lr", "momentum", "weight_decay", "lr_decay_step", "dsa",
                      "dsa_strategy", "normalize_data")
 
+LEARNED_LR = "the set's learned lr"  # validate.py's lr_source when it trained with the set's own lr
+
 # validate.py's comparisons with real data (DD-Ranking): key in its report -> header.
 GAPS = {"ior": "IOR (points)", "hlr": "HLR (points)"}
 
@@ -211,6 +213,8 @@ def _validate_record(path: Path) -> Record:
         except UserError:
             settings = {key: report[key] for key in ("dataset", "method", "ipc") if key in report}
     settings.update({f"validate.{key}": report.get(key) for key in VALIDATE_SETTINGS})
+    if report.get("lr_source") == LEARNED_LR:  # each set's own learned lr (MTT): one setting across seeds
+        settings["validate.lr"] = "learned"
     if not report.get("dsa"):
         settings["validate.dsa_strategy"] = None
     seed = report.get("seed")
