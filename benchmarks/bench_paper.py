@@ -78,6 +78,11 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="iterations left out of the median (compiling)")
     parser.add_argument("--rounds", type=int, default=1, help="paper/ours pairs per case (alternating)")
     parser.add_argument("--epochs", type=int, default=None, help="whole-command cases: this many epochs instead")
+    parser.add_argument("--extra", default="", help="more flags for both tools' distillations (e.g. a smaller "
+                        "--batch_real)")
+    parser.add_argument("--length", type=int, default=None,
+                        help="--Iteration of every run instead of the paper's (1000 DC/DSA, 20000 DM; it decides "
+                        "whether our run compiles on a CPU)")
     parser.add_argument("--work", default=None, help="folder for the data and the runs (default: a temp dir)")
     parser.add_argument("--child", choices=["paper", "ours"], help=argparse.SUPPRESS)
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -128,7 +133,9 @@ def run_child(args, paper: Path, tool: str, case: str, data: Path, folder: Path)
     times = folder / "times.json"
     command = [sys.executable, str(Path(__file__).resolve()), "--paper-code", str(paper), "--child", tool,
                "--case", case, "--data", str(data), "--times", str(times), "--iterations", str(args.iterations),
-               "--synthetic", str(args.synthetic), *(["--epochs", str(args.epochs)] if args.epochs else [])]
+               "--synthetic", str(args.synthetic), *(["--epochs", str(args.epochs)] if args.epochs else []),
+               *(["--length", str(args.length)] if args.length else []),
+               *(["--extra", args.extra] if args.extra else [])]
     runs = WHOLE[case][2] if case in WHOLE and tool == "paper" else 1
     scale = WHOLE[case][4] / runs if case in WHOLE and tool == "paper" else 1
     start = time.perf_counter()
@@ -163,9 +170,9 @@ def child(args) -> None:
             flags = [*flags, *ours_extra, "--data_path", args.data]
     else:
         script, flags = CASES[args.case]
-        length = "20000" if script == "main_DM.py" else "1000"
+        length = str(args.length or (20000 if script == "main_DM.py" else 1000))
         flags = [*flags, "--dataset", "CIFAR10", "--data_path", args.data, "--Iteration", length,
-                 "--num_eval", "0", "--save_path", "runs"]
+                 "--num_eval", "0", "--save_path", "runs", *args.extra.split()]
     starts: list[float] = []
 
     def timed(fn):

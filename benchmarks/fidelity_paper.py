@@ -115,6 +115,8 @@ def run(cmd: list[str], cwd: Path, log: Path, threads: int = 1) -> float:
            "PYTHONWARNINGS": "ignore"}
     start = time.time()
     with open(log, "a") as handle:
+        handle.write("$ " + " ".join(cmd) + "\n")
+        handle.flush()
         code = subprocess.call(cmd, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT)
     if code != 0:
         raise RuntimeError(f"failed ({code}): {' '.join(cmd)}; see {log}")
@@ -211,54 +213,109 @@ def one_job(args, prepared: dict, job: tuple[str, str, str, str]) -> None:
           f"{time.time() - start:.0f} s)", flush=True)
 
 
-# ------------------------------------------------------------------------------------------------ the table
-def summarize(folders: list[Path]) -> str:
-    """One row per (data set, cell): each tool's mean ± std over seeds of the per-seed mean accuracy, and its
-    IOR (paired with the random real subsets of the same seeds' draws), then ours - paper."""
-    records = [json.loads(p.read_text()) for f in folders for p in sorted(f.glob("*_seed*.json"))
-               if not p.name.endswith(".validate.json")]
-    by = {}
-    for r in records:
-        by.setdefault((r["dataset"], r["cell"], r["tool"]), []).append(r)
+# ------------------------------------------------------------------------------------------------ the tables
+def collect(folders: list[Path]) -> dict[tuple[str, str, str], list[dict]]:
+    """(data set, cell, tool) -> the run records under `folders` (tool 'real': the random real subsets)."""
+    by: dict[tuple[str, str, str], list[dict]] = {}
+    for path in sorted(p for f in folders for p in f.glob("*_seed*.json") if not p.name.endswith(".validate.json")):
+        record = json.loads(path.read_text())
+        by.setdefault((record["dataset"], record["cell"], record["tool"]), []).append(record)
+    return by
+
+
+def label(cell: str, with_paper_name: bool = False) -> str:
+    base, distance, alpha = parse_cell(cell, 1000.0)
+    kind, _, ipc, _ = BASES[base]
+    text = f"{kind} ipc {ipc}"
+    if distance:
+        paper = PAPER_DISTANCE[distance]
+        text += f" + CLoM {distance}" + (f" (paper: {paper})" if with_paper_name and paper not in (None, distance)
+                                         else "")
+        text += f", α {alpha:g}"
+    return text
+
+
+def cell_stats(by, dataset: str, cell: str, tool: str) -> dict | None:
+    """Per-seed mean accuracies (%), their IOR against the random real subsets of the cell's ipc, budgets and
+    distillation times; None when the tool has no run of the cell."""
+    runs = by.get((dataset, cell, tool), [])
+    if not runs:
+        return None
+    ipc = BASES[parse_cell(cell, 0.0)[0]][2]
+    real = [a for r in by.get((dataset, f"random{ipc}", "real"), []) for a in r["final"]]
+    per_seed = [100 * np.mean(r["final"]) for r in runs]
+    return {"acc": per_seed, "ior": [a - 100 * np.mean(real) for a in per_seed] if real else [],
+            "budget": sorted({r["budget"] for r in runs}), "distill_s": [r["distill_s"] for r in runs]}
+
+
+def mean_std(values: list[float], signed: bool = False) -> str:
+    if not values:
+        return "–"
+    return f"{np.mean(values):+.2f}" if signed else f"{np.mean(values):.2f} ± {np.std(values):.2f}"
+
+
+def cells_and_datasets(by) -> tuple[list[str], list[str]]:
+    return (list(dict.fromkeys(k[1] for k in by if k[2] != "real")), list(dict.fromkeys(k[0] for k in by)))
+
+
+def random_real_rows(by, dataset: str, cells: list[str], row) -> list[str]:
+    """The random real subsets of each ipc as rows: row(accuracy text, subsets) gives the cells after the name."""
+    rows = []
+    for ipc in sorted({BASES[parse_cell(c, 0.0)[0]][2] for c in cells}):
+        real = by.get((dataset, f"random{ipc}", "real"), [])
+        if real:
+            accuracy = mean_std([100 * np.mean(r["final"]) for r in real])
+            rows.append(f"| {dataset} | random real, ipc {ipc} | " + " | ".join(row(accuracy, len(real))) + " |")
+    return rows
+
+
+def fidelity_table(by) -> str:
+    """One row per (data set, cell): each tool's mean ± std over seeds of the per-seed mean accuracy and its
+    IOR, then ours - paper."""
     lines = ["| data set | cell | budget (updates) | paper's code: acc. (%) | IOR | ours: acc. (%) | IOR | "
-             "ours − paper | runs |", "|---|---|---|---|---|---|---|---|---|"]
-    cells = list(dict.fromkeys(k[1] for k in by if k[2] != "real"))
-    for dataset in dict.fromkeys(k[0] for k in by):
+             "ours − paper | runs (paper/ours) |", "|---|---|---|---|---|---|---|---|---|"]
+    cells, datasets = cells_and_datasets(by)
+    for dataset in datasets:
         for cell in cells:
-            ipc = BASES[parse_cell(cell, 0.0)[0]][2]
-            real = [a for r in by.get((dataset, f"random{ipc}", "real"), []) for a in r["final"]]
-            row, means = [], {}
-            for tool in ("paper", "ours"):
-                runs = by.get((dataset, cell, tool), [])
-                per_seed = [100 * np.mean(r["final"]) for r in runs]
-                ior = [100 * (np.mean(r["final"]) - np.mean(real)) for r in runs] if real else []
-                means[tool] = np.mean(per_seed) if per_seed else None
-                row += [f"{np.mean(per_seed):.2f} ± {np.std(per_seed):.2f}" if per_seed else "–",
-                        f"{np.mean(ior):+.2f}" if ior else "–"]
-            if means["paper"] is None and means["ours"] is None:
+            paper, ours = cell_stats(by, dataset, cell, "paper"), cell_stats(by, dataset, cell, "ours")
+            if paper is None and ours is None:
                 continue
-            diff = (f"{means['ours'] - means['paper']:+.2f}" if None not in means.values() else "–")
-            budgets = {r["budget"] for t in ("paper", "ours") for r in by.get((dataset, cell, t), [])}
-            count = "/".join(str(len(by.get((dataset, cell, t), []))) for t in ("paper", "ours"))
-            lines.append(f"| {dataset} | {cell} | {'/'.join(map(str, sorted(budgets)))} | {row[0]} | {row[1]} | "
-                         f"{row[2]} | {row[3]} | {diff} | {count} |")
-        for ipc in sorted({BASES[parse_cell(c, 0.0)[0]][2] for c in cells}):
-            real = by.get((dataset, f"random{ipc}", "real"), [])
-            if real:
-                per_seed = [100 * np.mean(r["final"]) for r in real]
-                lines.append(f"| {dataset} | random real ipc {ipc} | – | {np.mean(per_seed):.2f} ± "
-                             f"{np.std(per_seed):.2f} | | | | | {len(real)} |")
+            stats = [paper or {"acc": [], "ior": [], "budget": []}, ours or {"acc": [], "ior": [], "budget": []}]
+            diff = f"{np.mean(stats[1]['acc']) - np.mean(stats[0]['acc']):+.2f}" if paper and ours else "–"
+            budget = "/".join(map(str, sorted({b for s in stats for b in s["budget"]})))
+            runs = f"{len(stats[0]['acc'])}/{len(stats[1]['acc'])}"
+            lines.append(f"| {dataset} | {label(cell, True)} | {budget} | {mean_std(stats[0]['acc'])} | "
+                         f"{mean_std(stats[0]['ior'], True)} | {mean_std(stats[1]['acc'])} | "
+                         f"{mean_std(stats[1]['ior'], True)} | {diff} | {runs} |")
+        lines += random_real_rows(by, dataset, cells, lambda acc, n: ["–", acc, "", acc, "", "", f"{n}/{n}"])
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def results_table(by, tool: str = "ours") -> str:
+    """One tool's results: per (data set, cell) the accuracy, IOR and distillation time (mean over seeds)."""
+    lines = ["| data set | set | budget (updates) | test acc. (%) | IOR (points) | distillation | seeds |",
+             "|---|---|---|---|---|---|---|"]
+    cells, datasets = cells_and_datasets(by)
+    for dataset in datasets:
+        for cell in cells:
+            stats = cell_stats(by, dataset, cell, tool)
+            if stats is not None:
+                lines.append(f"| {dataset} | {label(cell)} | {'/'.join(map(str, stats['budget']))} | "
+                             f"{mean_std(stats['acc'])} | {mean_std(stats['ior'], True)} | "
+                             f"{np.mean(stats['distill_s']) / 60:.1f} min | {len(stats['acc'])} |")
+        lines += random_real_rows(by, dataset, cells, lambda acc, n: ["–", acc, "", "", str(n)])
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ the command
+def get_args_parser(description: str = __doc__, tools: str = "paper,ours") -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--paper-code", type=Path, help="a checkout of the paper's repository (its root)")
     parser.add_argument("--out", type=Path)
     parser.add_argument("--datasets", default="Digits", help="comma-separated, of Digits, CIFARDigits")
     parser.add_argument("--cells", default=FIDELITY_CELLS,
                         help="comma-separated <base>[+<distance>][@<alpha>]: bases " + ", ".join(BASES))
-    parser.add_argument("--tools", default="paper,ours")
+    parser.add_argument("--tools", default=tools, help="paper, ours or both")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--budgets", default=DEFAULT_BUDGETS,
                         help="image updates per run: 'DATASET:DC=n,DSA=n,DM=n;...'")
@@ -270,20 +327,21 @@ def main() -> None:
     parser.add_argument("--eval_epochs", type=int, default=300)
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
     parser.add_argument("--summarize", type=Path, nargs="+", help="print the table of these --out folders")
-    args = parser.parse_args()
-    if args.summarize:
-        print(summarize(args.summarize))
-        return
-    if not args.out or not args.paper_code:
-        parser.error("give --paper-code and --out (to run), or --summarize FOLDERS")
-    args.paper_code = args.paper_code.expanduser().resolve()
-    if not is_paper_checkout(args.paper_code):
-        sys.exit(f"fidelity_paper.py: {args.paper_code} is not a checkout of the paper's code")
+    return parser
+
+
+def run_benchmark(args) -> dict:
+    """Every run of `args` not done yet under args.out; returns the records (as collect)."""
+    if "paper" in args.tools.split(","):
+        if not args.paper_code or not is_paper_checkout(args.paper_code.expanduser().resolve()):
+            sys.exit(f"{Path(sys.argv[0]).name}: --paper-code must be a checkout of the paper's code "
+                     f"(got {args.paper_code})")
+        args.paper_code = args.paper_code.expanduser().resolve()
     args.out = args.out.resolve()
     try:
         [parse_cell(c, args.alpha) for c in args.cells.split(",")]
     except ValueError as err:
-        sys.exit(f"fidelity_paper.py: {err}")
+        sys.exit(f"{Path(sys.argv[0]).name}: {err}")
     prepared = prepare(args)
     todo = jobs(args)
     print(f"{len(todo)} runs, {args.jobs} at a time; budgets {args.budgets}; evaluation {args.num_eval} ConvNets x "
@@ -291,7 +349,18 @@ def main() -> None:
     with ThreadPoolExecutor(args.jobs) as workers:
         for future in [workers.submit(one_job, args, prepared, job) for job in todo]:
             future.result()
-    print(summarize([args.out]))
+    return collect([args.out])
+
+
+def main() -> None:
+    parser = get_args_parser()
+    args = parser.parse_args()
+    if args.summarize:
+        print(fidelity_table(collect(args.summarize)))
+        return
+    if not args.out:
+        parser.error("give --out (to run), or --summarize FOLDERS")
+    print(fidelity_table(run_benchmark(args)))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,3 @@
+"""The paper's utils_clom/model_pool.py."""
+
+from utils import get_network  # noqa: F401

@@ -1,0 +1,105 @@
+"""The scripts behind the results and speed tables, end to end at tiny size: what they run, read and print.
+
+The paper's side runs tests/fake_paper_code (its checkout's layout and entry points, none of its algorithms;
+the real checkout is fetched by a user, never copied here), so the stand-ins, the flags passed, the result
+files and the parsing of validate.py's reports are all exercised; a format change fails here, not at the end
+of a long run.
+"""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FAKE_PAPER = ROOT / "tests/fake_paper_code"
+
+
+def run(*argv: str, cwd: Path, env: dict | None = None) -> str:
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+    proc = subprocess.run([*argv], cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+def table_rows(text: str) -> list[list[str]]:
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("|")]
+    return [row for row in rows[1:] if set(row) != {"---"}]  # without the header and the rule
+
+
+TINY = ["--seeds", "0", "--budgets", "Digits:DC=1,DSA=1,DM=2", "--num_eval", "2", "--eval_epochs", "2",
+        "--pool_size", "1", "--pool_epochs", "1", "--jobs", "2"]
+
+
+@pytest.fixture(scope="module")
+def fidelity(tmp_path_factory):
+    """fidelity_paper.py at tiny size: DC ipc 1 and DM ipc 10 + CLoM cos, both tools, one seed."""
+    out = tmp_path_factory.mktemp("fidelity") / "runs"
+    printed = run(sys.executable, str(ROOT / "benchmarks/fidelity_paper.py"), "--paper-code", str(FAKE_PAPER),
+                  "--out", str(out), "--cells", "DC1,DM10+cos", *TINY, cwd=out.parent)
+    return out, printed
+
+
+def test_fidelity_runs_both_tools_and_its_table_reads_validates_reports(fidelity):
+    out, printed = fidelity
+    records = {p.name: json.loads(p.read_text()) for p in out.glob("*_seed0.json")}
+    assert sorted(records) == sorted(f"Digits_{c}_seed0.json" for c in
+                                     ("DC1_paper", "DC1_ours", "DM10+cos_paper", "DM10+cos_ours", "random1_real",
+                                      "random10_real"))
+    for name, record in records.items():  # the accuracies are validate.py's, as it wrote them
+        report = json.loads((out / name.replace(".json", ".validate.json")).read_text())
+        assert record["final"] == report["final"] and len(report["final"]) == 2 and report["epochs"] == 2
+    # the paper's run got its data through the stand-ins and --Iteration budget-1; ours --Iteration budget
+    paper_set = records["Digits_DM10+cos_paper_seed0.json"]["set"]
+    assert "CLoM/cos_distance/Digits->Digits/MP['ConvNet']_Nm[1]_Epoch[1]/alphas['ConvNet']->[1000.0]" in paper_set
+    paper_command = (out / "Digits_DM10+cos_paper_seed0.log").read_text().splitlines()[0]
+    ours_command = (out / "Digits_DM10+cos_ours_seed0.log").read_text().splitlines()[0]
+    assert "paper_code.py" in paper_command and " --Iteration 1 " in paper_command
+    assert "main_DM.py" in ours_command and " --Iteration 2 " in ours_command
+    ours = json.loads(Path(records["Digits_DM10+cos_ours_seed0.json"]["set"]).with_name(
+        "args_DM_Digits_ConvNet_10ipc.json").read_text())["args"]
+    assert ours["Iteration"] == 2 and ours["CLoM_distance"] == "cos" and ours["alphas"] == [1000.0]
+    rows = {row[1]: row for row in table_rows(printed)}
+    dm = rows["DM ipc 10 + CLoM cos, α 1000"]
+    mean = lambda name: 100 * np.mean(records[name]["final"])  # noqa: E731
+    assert dm[3] == f"{mean('Digits_DM10+cos_paper_seed0.json'):.2f} ± 0.00"
+    assert dm[5] == f"{mean('Digits_DM10+cos_ours_seed0.json'):.2f} ± 0.00"
+    ior = mean("Digits_DM10+cos_ours_seed0.json") - mean("Digits_random10_real_seed0.json")
+    assert dm[6] == f"{ior:+.2f}" and dm[8] == "1/1"
+    assert rows["random real, ipc 1"][3] == f"{mean('Digits_random1_real_seed0.json'):.2f} ± 0.00"
+
+
+def test_digits_table_is_the_fidelity_runs_of_our_tool(fidelity):
+    out, printed = fidelity
+    mine = run(sys.executable, str(ROOT / "benchmarks/digits_table.py"), "--summarize", str(out), cwd=out)
+    rows = {row[1]: row for row in table_rows(mine)}
+    both = {row[1]: row for row in table_rows(printed)}
+    assert set(rows) == {"DC ipc 1", "DM ipc 10 + CLoM cos, α 1000", "random real, ipc 1", "random real, ipc 10"}
+    assert rows["DC ipc 1"][3] == both["DC ipc 1"][5] and rows["DC ipc 1"][4] == both["DC ipc 1"][6]
+    # a second run into the same folder finds every run done and starts none
+    again = run(sys.executable, str(ROOT / "benchmarks/digits_table.py"), "--out", str(out), "--cells", "DC1",
+                *TINY, cwd=out)
+    assert "Digits_DC1_ours_seed0:" not in again and table_rows(again)[0][3] == rows["DC ipc 1"][3]
+
+
+def test_bench_paper_times_both_tools(tmp_path):
+    printed = run(sys.executable, str(ROOT / "benchmarks/bench_paper.py"), "--paper-code", str(FAKE_PAPER),
+                  "--cases", "DM10", "--iterations", "3", "--warmup", "1", "--length", "4", "--extra",
+                  "--batch_real 8", "--work", str(tmp_path / "work"), cwd=tmp_path)
+    [line] = [line for line in printed.splitlines() if line.startswith("DM10")]
+    paper, ours, ratio = re.match(r"DM10\s+([0-9.]+)\s+([0-9.]+)\s+([0-9.]+)x", line).groups()
+    # seconds per iteration with 4 decimals, paper/ours with 2 (the stand-in's iterations take microseconds)
+    assert float(ours) > 0 and abs(float(ratio) - float(paper) / float(ours)) <= 0.01 + 0.02 * float(ratio)
+
+
+def test_sweep_script_ends_with_summarizes_table(tmp_path):
+    env = {"JOBS": "2", "SEEDS": "0", "ITERATIONS": "1", "BATCH_REAL": "4", "NUM_EVAL": "1", "EVAL_EPOCHS": "1"}
+    printed = run("bash", str(ROOT / "scripts/sweep_digits.sh"), str(tmp_path / "sweep"), cwd=tmp_path, env=env)
+    rows = table_rows(printed)
+    assert len(rows) == 6 and {row[4] for row in rows} == {"none", "ce", "cos"}  # ipc 1 and 10, three CLoMs
