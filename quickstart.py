@@ -1,13 +1,15 @@
-"""Quickstart: the whole pipeline on the bundled Digits data set, offline, in about 3 minutes on 2 CPU cores.
+"""Quickstart: the paper's pipeline on the bundled Digits data set, offline, in a few minutes on 2 CPU cores.
 
-    python quickstart.py            # the short tour
+    python quickstart.py            # the short tour: DC, ipc 1, without and with CLoM
     python quickstart.py --full     # longer: a bigger pool, more iterations, more and longer evaluations
+    python quickstart.py --method DM --ipc 10 --CLoM_distance cos --alpha 10     # another method or CLoM
 
-1. trains a small pool of ConvNets        (train_original_models.py)
-2. distils 10 images per class with DM    (methods/DC_DSA_DM/main_DM.py), without and with CLoM (cos, the pool),
-   and saves the 10 random real images per class both start from
+1. trains a small pool of ConvNets          (train_original_models.py), the pre-trained models CLoM uses
+2. distils --ipc images per class with DC   (methods/DC_DSA_DM/main.py; DM: main_DM.py) without and with CLoM
+   (ce_plain, alpha 1000: what the paper's code computes for its README's `--CLoM_distance ce`), and draws as
+   many random real images per class
 3. validates the three sets under the same evaluation (validate.py: same networks, seeds, epochs and DSA
-   augmentation) and prints a table.
+   augmentation) and prints a table with each set's IOR = acc(set) - acc(random real), in points.
 Independent steps run side by side (--jobs). Everything is written under --out (a new folder per run): each
 step's log in logs/, and the commands it ran, so every step can be repeated by hand.
 """
@@ -32,9 +34,10 @@ from utils.io import new_output_dir
 ROOT = Path(__file__).resolve().parent
 # The short tour and --full: what each flag left unset takes.
 PROFILES = {
-    "short": {"pool_size": 2, "pool_epochs": 5, "iterations": 100, "num_eval": 3, "eval_epochs": 100},
+    "short": {"pool_size": 2, "pool_epochs": 10, "iterations": 100, "num_eval": 3, "eval_epochs": 100},
     "full": {"pool_size": 3, "pool_epochs": 20, "iterations": 400, "num_eval": 5, "eval_epochs": 300},
 }
+SCRIPTS = {"DC": "methods/DC_DSA_DM/main.py", "DSA": "methods/DC_DSA_DM/main.py", "DM": "methods/DC_DSA_DM/main_DM.py"}
 
 
 def _profile_help(text: str, name: str) -> str:
@@ -48,14 +51,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--full", action="store_true",
                         help="the longer tour: the --full values below (about 4x the time)")
     parser.add_argument("--out", default=None, help="output folder, must not exist (default: quickstart_runs/<time>)")
-    parser.add_argument("--ipc", type=int_at_least(1), default=10, help="synthetic images per class")
+    parser.add_argument("--method", default="DC", choices=sorted(SCRIPTS), help="distillation method")
+    parser.add_argument("--ipc", type=int_at_least(1), default=1, help="synthetic images per class")
+    parser.add_argument("--init", default=None, choices=("noise", "real"),
+                        help="how the synthetic images start (default: the method's: DC/DSA noise, DM real)")
     parser.add_argument("--pool_size", type=int_at_least(1), default=None,
                         help=_profile_help("ConvNets in the CLoM pool", "pool_size"))
     parser.add_argument("--pool_epochs", type=int_at_least(1), default=None,
                         help=_profile_help("epochs each pool ConvNet trains", "pool_epochs"))
     parser.add_argument("--iterations", type=int_at_least(0), default=None,
-                        help=_profile_help("DM iterations", "iterations"))
-    parser.add_argument("--alpha", type=FINITE, default=10.0, help="CLoM weight")
+                        help=_profile_help("distillation iterations", "iterations"))
+    parser.add_argument("--CLoM_distance", default="ce_plain", choices=("ce", "cos", "ce_plain"),
+                        help="CLoM's distance (ce_plain: the paper code's `ce`, alpha * CE(pool(syn), y))")
+    parser.add_argument("--alpha", type=FINITE, default=1000.0, help="CLoM weight (the paper's README: 1000)")
     parser.add_argument("--num_eval", type=int_at_least(1), default=None,
                         help=_profile_help("evaluation networks per set", "num_eval"))
     parser.add_argument("--eval_epochs", type=int_at_least(1), default=None,
@@ -122,23 +130,27 @@ def main(argv=None) -> list[tuple[str, float, float]]:
     out = new_output_dir(Path(args.out or Path("quickstart_runs") / time.strftime("%Y%m%d-%H%M%S")),
                          "--out").resolve()
     common = ["--dataset", "Digits", "--random_seed", str(args.seed), "--gpu", args.gpu]
-    dm = [*common, "--ipc", str(args.ipc), "--num_eval", "0", "--batch_real", "64"]
-    sets = {  # name -> (save_path, extra flags, steps it needs)
-        "random real": ("random_real", ["--Iteration", "0"], ()),
-        "DM": ("dm", ["--Iteration", str(args.iterations)], ()),
-        "DM + CLoM (cos)": ("dm_clom", [
-            "--Iteration", str(args.iterations), "--CLoM", "--CLoM_distance", "cos", "--models_pool", "ConvNet",
-            "--model_num", str(args.pool_size), "--epoch", str(args.pool_epochs), "--alphas", str(args.alpha),
-            "--CLoM_batch_size", "0"], ("pool",)),
+    method = [*common, "--method", args.method, "--ipc", str(args.ipc), "--num_eval", "0", "--batch_real", "64",
+              *(["--init", args.init] if args.init else [])]
+    clom = f"{args.method} + CLoM ({args.CLoM_distance})"
+    sets = {  # name -> (script, save_path, flags, steps it needs)
+        "random real": (SCRIPTS["DM"], "random_real", [*common, "--ipc", str(args.ipc), "--init", "real",
+                                                       "--num_eval", "0", "--Iteration", "0"], ()),
+        args.method: (SCRIPTS[args.method], "plain", [*method, "--Iteration", str(args.iterations)], ()),
+        clom: (SCRIPTS[args.method], "clom", [
+            *method, "--Iteration", str(args.iterations), "--CLoM", "--CLoM_distance", args.CLoM_distance,
+            "--models_pool", "ConvNet", "--model_num", str(args.pool_size), "--epoch", str(args.pool_epochs),
+            "--alphas", str(args.alpha), "--CLoM_batch_size", "0"], ("pool",)),
     }
     steps = [Step("pool", "train_original_models.py", [
         *common, "--model", "ConvNet", "--normalize_data", "--num", str(args.pool_size), "--epochs",
         str(args.pool_epochs), "--save_every", str(args.pool_epochs), "--lr_decay_step", ""])]
     reports = {}
-    for name, (folder, extra, after) in sets.items():
-        steps.append(Step(name, "methods/DC_DSA_DM/main_DM.py", [*dm, *extra, "--save_path", folder], after))
+    for name, (script, folder, flags, after) in sets.items():
+        steps.append(Step(name, script, [*flags, "--save_path", folder], after))
         reports[name] = out / f"validate_{folder}.json"
-        synthetic_set = Path(folder) / _result_folder(extra) / f"res_DM_Digits_ConvNet_{args.ipc}ipc.pt"
+        made_by = "DM" if folder == "random_real" else args.method
+        synthetic_set = Path(folder) / _result_folder(flags) / f"res_{made_by}_Digits_ConvNet_{args.ipc}ipc.pt"
         steps.append(Step(f"validate {name}", "validate.py", [
             *common, "--normalize_data", "--model", "ConvNet", "--dsa", "--synthesis_data_path", str(synthetic_set),
             "--epochs", str(args.eval_epochs), "--save_every", str(args.eval_epochs), "--lr_decay_step",
@@ -146,21 +158,20 @@ def main(argv=None) -> list[tuple[str, float, float]]:
             (name,)))
     start = time.time()
     run_steps(steps, out, max(1, args.jobs))
-    rows = []
-    for name, report in reports.items():
-        accs = 100 * np.asarray(json.loads(report.read_text())["final"])
-        rows.append((name, float(accs.mean()), float(accs.std())))
-    print(f"\nDigits, {args.ipc} images per class, ConvNet trained {args.eval_epochs} epochs with DSA, "
-          f"{args.num_eval} networks each ({time.time() - start:.0f} s in all; outputs in {out})")
-    print(f"{'synthetic set':18s} {'test accuracy':>16s}")
+    accs = {name: 100 * np.asarray(json.loads(report.read_text())["final"]) for name, report in reports.items()}
+    rows = [(name, float(a.mean()), float(a.std())) for name, a in accs.items()]
+    print(f"\nDigits, {args.ipc} image(s) per class, {args.iterations} iterations; each set trains {args.num_eval} "
+          f"ConvNets {args.eval_epochs} epochs with DSA ({time.time() - start:.0f} s in all; outputs in {out})")
+    print(f"{'synthetic set':22s} {'test accuracy':>15s} {'IOR (points)':>13s}")
     for name, mean, std in rows:
-        print(f"{name:18s} {mean:9.2f} ± {std:4.2f}%")
+        ior = "–" if name == "random real" else f"{mean - rows[0][1]:+.2f}"
+        print(f"{name:22s} {mean:8.2f} ± {std:4.2f}% {ior:>13s}")
     return rows
 
 
 def _result_folder(extra: list[str]) -> str:
-    """Where main_DM.py puts the set under its --save_path: original_method/, or the paper code's CLoM folders
-    (here for one ConvNet pool trained on Digits)."""
+    """Where a distillation puts the set under its --save_path: original_method/, or the paper code's CLoM
+    folders (here for one ConvNet pool trained on Digits)."""
     if "--CLoM" not in extra:
         return "original_method"
     value = lambda flag: extra[extra.index(flag) + 1]
