@@ -6,13 +6,16 @@
 Both tools distil the CIFAR-format Digits (dsa_fidelity.py: 5000 train / 1000 test, 3x32x32, read as CIFAR10) with
 ConvNet, ipc 10, lr_img 1000, lr_lr 1e-05, lr_teacher 0.01, DSA, the whole synthetic set per student step, from the
 same expert buffer (made once by our buffer.py: --buffer_experts x --buffer_epochs; expert_epochs 2, start epoch
-0, so every iteration does the same work), with no evaluation. Each run is its own process (one thread unless
---threads), one after another. Seconds per iteration: the median over --iterations timed iterations after one
+0, so every iteration does the same work), with no evaluation. Each run is its own process with --threads
+threads (1), one after another, or with --concurrent the tools of one syn_steps at the same time (then all see
+the same background load). Seconds per iteration: the median over --iterations timed iterations after one
 warm-up iteration (ours: the iteration function; MTT's: between its per-iteration "Progress" logs, through the
-mtt_code.py stand-ins). Ours is timed eagerly and, with --compiled, with the compiled student steps (a run of 500
-iterations, stopped after the timed ones: the CPU compiles from 500). Peak memory: the process's peak resident set
-size (getrusage of the child); a run whose resident set passes --memory_cap_gb is stopped there (its peak is then
-reported as more than the cap). The table goes to stdout and <out>/bench_mtt.json.
+mtt_code.py stand-ins), as wall time and as the process's CPU time (less sensitive to other work on the machine;
+the ratio column uses it). --tools: "ours" runs eagerly, "ours_compiled" with the compiled student steps (a run of
+500 iterations stopped after the timed ones: a CPU compiles from 500), "mtt" is MTT's distill.py. Peak memory:
+the process's peak resident set size (getrusage of the child); a run whose resident set passes --memory_cap_gb is
+stopped there (its peak is then reported as more than the cap). The table goes to stdout and
+<out>/bench_mtt.json.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -38,23 +42,28 @@ def common_flags(args, data: Path, buffers: Path, syn_steps: int, iterations: in
             f"--buffer_path={buffers}"]
 
 
-def run_measured(command: list[str], log: Path, cap_bytes: int, threads: int) -> dict:
-    """Run `command` to its end (or until its resident set passes the cap); its peak RSS and wall time."""
+def run_measured(commands: dict[str, tuple[list[str], Path]], cap_bytes: int, threads: int) -> dict[str, dict]:
+    """Run the commands at once, each to its end (or until its resident set passes the cap); each one's peak RSS
+    (getrusage of the child), wall time and exit status."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
-    start = time.perf_counter()
-    with open(log, "w") as out:
-        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent)
-        capped = False
-        while True:
+    start, running, measured = time.perf_counter(), {}, {}
+    for name, (command, log) in commands.items():
+        with open(log, "w") as out:
+            running[name] = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=log.parent)
+    capped = set()
+    while running:
+        for name, process in list(running.items()):
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
             if pid:
-                break
-            if _rss_bytes(process.pid) > cap_bytes:
-                capped = True
+                measured[name] = {"peak_rss_gb": usage.ru_maxrss * 1024 / 2**30, "capped": name in capped,
+                                  "exit_status": os.waitstatus_to_exitcode(status),
+                                  "wall_s": time.perf_counter() - start}
+                del running[name]
+            elif _rss_bytes(process.pid) > cap_bytes:
+                capped.add(name)
                 process.kill()
-            time.sleep(0.2)
-    return {"peak_rss_gb": usage.ru_maxrss * 1024 / 2**30, "capped": capped,
-            "exit_status": os.waitstatus_to_exitcode(status), "wall_s": time.perf_counter() - start}
+        time.sleep(0.2)
+    return measured
 
 
 def _rss_bytes(pid: int) -> int:
@@ -67,29 +76,36 @@ def _rss_bytes(pid: int) -> int:
     return 0
 
 
-def seconds_per_iteration(starts: list[float], skip: int = 1) -> float | None:
+def median_gap(starts: list[float], skip: int = 1) -> float | None:
+    """The median time between consecutive iteration starts, the first `skip` gaps left out (warm-up)."""
     gaps = [b - a for a, b in zip(starts, starts[1:])][skip:]
     return statistics.median(gaps) if gaps else None
+
+
+def median_after_warmup(values: list[float]) -> float | None:
+    return statistics.median(values[1:]) if len(values) > 1 else None
 
 
 def run_ours_in_process(times_file: Path, argv: list[str]) -> None:
     """(The child process of an `ours` run.) Our distill.py with each iteration timed."""
     from methods.MTT import distill, matching_run
 
-    starts: list[float] = []
+    wall: list[float] = []
+    cpu: list[float] = []
     timed = matching_run.iteration
 
     def iteration(*a, **k):
-        starts.append(time.perf_counter())
+        start_wall, start_cpu = time.perf_counter(), time.process_time()
         result = timed(*a, **k)
-        starts.append(time.perf_counter())
+        wall.append(time.perf_counter() - start_wall)
+        cpu.append(time.process_time() - start_cpu)
         return result
 
     matching_run.iteration = iteration
     try:
         distill.main(argv)
     finally:
-        times_file.write_text(json.dumps({"durations": [b - a for a, b in zip(starts[::2], starts[1::2])]}))
+        times_file.write_text(json.dumps({"durations": wall, "cpu": cpu}))
 
 
 def make_buffer(args, data: Path, buffers: Path) -> None:
@@ -113,6 +129,8 @@ def main(argv=None) -> None:
                         choices=["mtt", "ours", "ours_compiled"])
     parser.add_argument("--memory_cap_gb", type=float, default=10.0)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--concurrent", action="store_true",
+                        help="run the tools of one syn_steps at the same time (the same background load for all)")
     parser.add_argument("--buffer_experts", type=int, default=1)
     parser.add_argument("--buffer_epochs", type=int, default=2)
     parser.add_argument("--run-ours", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
@@ -134,9 +152,12 @@ def main(argv=None) -> None:
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     cap = int(args.memory_cap_gb * 2**30)
     for steps in args.syn_steps:
+        commands = {}
         for tool in args.tools:
             name = f"{tool}_steps{steps}"
             times = out / f"{name}_times.json"
+            times.unlink(missing_ok=True)
+            shutil.rmtree(out / name, ignore_errors=True)  # this benchmark's own folder: a stopped run's checkpoint
             if tool == "mtt":
                 flags = common_flags(args, data, buffers, steps, args.iterations + 1)
                 command = [sys.executable, str(ROOT / "benchmarks/mtt_code.py"), "--mtt-code",
@@ -147,18 +168,24 @@ def main(argv=None) -> None:
                 flags += ["--random_seed=0", f"--save_path={out / name}", "--checkpoint_every=100000",
                           f"--stop_after={args.iterations}"]
                 command = [sys.executable, str(Path(__file__).resolve()), "--run-ours", str(times), *flags]
-            print(f"running {name} ...", flush=True)
-            measured = run_measured(command, out / f"{name}.log", cap, args.threads)
-            timing = json.loads(times.read_text()) if times.exists() else {}
-            if tool == "mtt":
-                starts = [t for _, t in timing.get("progress", [])]
-                measured["s_per_iteration"] = seconds_per_iteration(starts)
-            else:
-                durations = timing.get("durations", [])[1:]
-                measured["s_per_iteration"] = statistics.median(durations) if durations else None
-            results[name] = measured
-            results_file.write_text(json.dumps(results, indent=2))
-            print(name, measured, flush=True)
+            commands[name] = (command, out / f"{name}.log")
+        batches = [commands] if args.concurrent else [{name: entry} for name, entry in commands.items()]
+        for batch in batches:
+            print(f"running {', '.join(batch)} ...", flush=True)
+            for name, measured in run_measured(batch, cap, args.threads).items():
+                times = out / f"{name}_times.json"
+                timing = json.loads(times.read_text()) if times.exists() else {}
+                if name.startswith("mtt"):
+                    progress = timing.get("progress", [])
+                    measured["s_per_iteration"] = median_gap([entry[1] for entry in progress])
+                    measured["cpu_s_per_iteration"] = median_gap([entry[2] for entry in progress if len(entry) > 2])
+                else:
+                    measured["s_per_iteration"] = median_after_warmup(timing.get("durations", []))
+                    measured["cpu_s_per_iteration"] = median_after_warmup(timing.get("cpu", []))
+                measured["concurrent"] = args.concurrent
+                results[name] = measured
+                results_file.write_text(json.dumps(results, indent=2))
+                print(name, measured, flush=True)
     print_table(results, args)
 
 
@@ -167,25 +194,26 @@ def print_table(results: dict, args) -> None:
 
     print(f"\nCIFAR-format Digits, {args.model}, ipc {args.ipc}, CPU, {args.threads} thread(s), "
           f"torch {torch.__version__}")
-    print("| syn_steps | tool | s / iteration | peak RSS (GB) | ours / MTT's time | ours / MTT's peak RSS |")
-    print("|---|---|---|---|---|---|")
+    print("| syn_steps | tool | s / iteration (wall) | CPU s / iteration | peak RSS (GB) | ours / MTT's CPU time | "
+          "ours / MTT's peak RSS |")
+    print("|---|---|---|---|---|---|---|")
     for steps in args.syn_steps:
         theirs = results.get(f"mtt_steps{steps}", {})
         for tool in args.tools:
             row = results.get(f"{tool}_steps{steps}")
             if not row:
                 continue
-            spi = row.get("s_per_iteration")
+            wall, cpu = row.get("s_per_iteration"), row.get("cpu_s_per_iteration")
             rss = f"> {args.memory_cap_gb:g} (stopped)" if row["capped"] else f"{row['peak_rss_gb']:.2f}"
             speed = memory = "–"
             if tool != "mtt" and theirs:
-                if spi and theirs.get("s_per_iteration"):
-                    speed = f"{spi / theirs['s_per_iteration']:.2f}"
-                bound = "≤ " if theirs.get("capped") else ""
+                if cpu and theirs.get("cpu_s_per_iteration"):
+                    speed = f"{cpu / theirs['cpu_s_per_iteration']:.2f}"
                 their_peak = args.memory_cap_gb if theirs.get("capped") else theirs["peak_rss_gb"]
-                memory = f"{bound}{row['peak_rss_gb'] / their_peak:.2f}"
-            shown = f"{spi:.1f}" if spi else ("– (stopped)" if row["capped"] else "–")
-            print(f"| {steps} | {tool} | {shown} | {rss} | {speed} | {memory} |")
+                memory = f"{'≤ ' if theirs.get('capped') else ''}{row['peak_rss_gb'] / their_peak:.2f}"
+            missing = "– (stopped)" if row["capped"] else "–"
+            wall, cpu = (f"{v:.1f}" if v else missing for v in (wall, cpu))
+            print(f"| {steps} | {tool} | {wall} | {cpu} | {rss} | {speed} | {memory} |")
 
 
 if __name__ == "__main__":

@@ -47,12 +47,12 @@ class _Recorder:
     """What the wandb stand-in keeps: iteration start times and the learned lr per step."""
 
     def __init__(self):
-        self.progress: list[tuple[int, float]] = []
+        self.progress: list[tuple[int, float, float]] = []  # iteration, wall clock, process CPU time
         self.syn_lr: list[float] = []
 
     def log(self, values: dict, step=None) -> None:
         if "Progress" in values:
-            self.progress.append((int(values["Progress"]), time.perf_counter()))
+            self.progress.append((int(values["Progress"]), time.perf_counter(), time.process_time()))
         if "Synthetic_LR" in values:
             self.syn_lr.append(float(values["Synthetic_LR"]))
 
