@@ -20,7 +20,8 @@ with one thread, --jobs at a time. MTT's code cannot be seeded (its network buil
 Evaluation: validate.py --dsa with the set's learned lr, --num_eval networks x --eval_epochs (lr x0.1 at half),
 evaluation seed 0 for every set (the same initial networks), the final epoch's accuracy; --random_real 1: one
 random real subset with the cell's images per class, the same evaluation; IOR = acc(set) - acc(random real).
-Outputs under --out: one folder per run with its result file and validate report, and the table (--summarize).
+Outputs under --out: one folder per run with its result file and validate report (summarize.py reads them too),
+and the table (--summarize).
 """
 
 from __future__ import annotations
@@ -83,7 +84,8 @@ def run_jobs(args, name: str) -> list[tuple[str, list[str], Path, Path]]:
             for seed in args.seeds:
                 run = f"{name}_MTT{ipc}_{cell}_seed{seed}"
                 folder = out / run
-                result = folder / "res.pt" if tool == "mtt" else None
+                dataset = DATASETS[name]["dataset"]
+                result = folder / f"res_MTT_{dataset}_{args.model}_{ipc}ipc.pt" if tool == "mtt" else None
                 if tool == "mtt":
                     flags = distill_flags(args, name, ipc, args.iterations - 1)
                     command = [sys.executable, str(ROOT / "benchmarks/mtt_code.py"), "--mtt-code",
@@ -119,7 +121,7 @@ def call(command: list[str], log: Path, cwd: Path | None = None) -> int:
 
 
 def one_run(args, name: str, run: str, command: list[str], folder: Path, result: Path | None) -> str:
-    report = folder / "validate.json"
+    report = folder / f"validate_{args.model}.json"
     if report.exists():
         return f"{run}: done before"
     folder.mkdir(parents=True, exist_ok=True)
@@ -200,7 +202,7 @@ def main(argv=None) -> None:
 def print_table(outs: list[Path]) -> None:
     rows: dict[tuple[str, str, str], list[dict]] = {}
     for out in outs:
-        for report in sorted(Path(out).glob("*_seed*/validate.json")):
+        for report in sorted(Path(out).glob("*_seed*/validate_*.json")):
             name, cell, rest = report.parent.name.split("_", 2)
             tool = rest.rsplit("_seed", 1)[0]
             rows.setdefault((name, cell, tool), []).append(json.loads(report.read_text()))
