@@ -22,6 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repository r
 
 from methods.MTT.buffer_run import BufferRun
 from methods.MTT.experts import ExpertSettings, expert_seed, train_experts
+from methods.MTT.flags import true_or_false
 from methods.MTT.replay_buffer import buffer_dir
 from networks import list_networks
 from utils.augment import DEFAULT_DSA_STRATEGY, DSA_OPS, dsa_augmenter
@@ -47,13 +48,6 @@ from utils.io import FolderLock, created_dirs, ensure_dir, remove_empty_dirs
 from utils.log import setup_logging
 from utils.runtime import fast_paths_note, training_steps
 from utils.seeding import resolve_seed, seed_everything
-
-
-def true_or_false(text: str) -> bool:
-    """MTT's --dsa True|False."""
-    if str(text) not in ("True", "False"):
-        raise argparse.ArgumentTypeError(f"expected True or False, got {text!r}")
-    return text == "True"
 
 
 def get_args_parser() -> argparse.ArgumentParser:

@@ -26,9 +26,9 @@ from methods.DC_DSA_DM.flags import FLAG_OF as DC_FLAG_OF
 from methods.DC_DSA_DM.flags import _add_clom_flags, _add_run_flags, parse_weight_map
 from methods.DC_DSA_DM.run_state import Execution, RunClaim, RunFiles, SettingsDiffer, start_or_resume
 from methods.MTT import matching_run
-from methods.MTT.buffer import true_or_false
 from methods.MTT.config import EXPERT_POOL_PREFIX, PIX_INITS, MttConfig, check_config
 from methods.MTT.expert_set import ExpertSet, expert_pool
+from methods.MTT.flags import true_or_false
 from methods.MTT.replay_buffer import (
     buffer_dir,
     buffer_files,
