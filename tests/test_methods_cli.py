@@ -178,6 +178,42 @@ def test_non_finite_loss_stops_with_a_message_and_keeps_the_last_good_set(tmp_pa
     assert not (tmp_path / "out/original_method/res_DC_Digits_ConvNet_1ipc.pt").exists()
 
 
+@pytest.mark.parametrize("bad_from", [0, 3])
+def test_non_finite_loss_found_later_keeps_exactly_the_set_before_it(tmp_path, monkeypatch, capsys, bad_from):
+    """The loss is read only every 10 iterations: a loss that turns nan at iteration 3 is found at 10, and the
+    checkpoint must still hold the set and momentum before iteration 3, as a clean run stopped there has them
+    (at 0: the initial set, no momentum yet)."""
+    from methods.DC_DSA_DM import distribution_matching
+
+    common = ["--ipc", "2", "--Iteration", "12", "--num_eval", "0", "--init", "noise"]
+    name = "checkpoint_DM_Digits_ConvNet_2ipc.pt"
+    if bad_from:
+        assert run(dm_cli, *common, "--save_path", "clean", "--stop_after", str(bad_from - 1)) == 0
+        clean = load(tmp_path / "clean/original_method" / name)
+    real_loss, calls = distribution_matching.distribution_matching_loss, []
+
+    def loss_that_explodes(*args, **options):
+        calls.append(1)
+        loss = real_loss(*args, **options)
+        return loss if len(calls) <= bad_from else loss * float("nan")
+
+    monkeypatch.setattr(distribution_matching, "distribution_matching_loss", loss_that_explodes)
+    capsys.readouterr()
+    assert run(dm_cli, *common, "--save_path", "out") == 2
+    line = one_error_line(capsys)
+    assert "nan" in line and f"iteration {bad_from} " in line
+    assert len(calls) == (11 if bad_from else 1)  # found at the first read (iterations 0, 10, ...), not at once
+    checkpoint = load(tmp_path / "out/original_method" / name)
+    assert checkpoint["next_iteration"] == bad_from and torch.isfinite(checkpoint["images"]).all()
+    if bad_from:
+        assert torch.equal(checkpoint["images"], clean["images"])
+        assert torch.equal(checkpoint["optimizer_state"]["state"][0]["momentum_buffer"],
+                           clean["optimizer_state"]["state"][0]["momentum_buffer"])
+        assert checkpoint["optimizer_state"]["param_groups"] == clean["optimizer_state"]["param_groups"]
+    else:
+        assert checkpoint["optimizer_state"]["state"] == {}
+
+
 @pytest.mark.parametrize("cli, argv, words", [
     (dc_cli, ["--ipc", "0"], "--ipc"),
     (dc_cli, ["--method", "DM"], "main_DM.py"),

@@ -14,8 +14,6 @@ where it was) ends with the same synthetic set as an uninterrupted run.
 
 from __future__ import annotations
 
-import copy
-import math
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -29,6 +27,7 @@ from methods.clom import ClomTerm
 from methods.DC_DSA_DM.config import DistillConfig, eval_augmentation, eval_model_pool, evaluation_iterations
 from methods.DC_DSA_DM.distribution_matching import DMSettings, batched_on, distribution_matching_iteration
 from methods.DC_DSA_DM.gradient_matching import MatchingSettings, execution_for, gradient_matching_iteration
+from methods.DC_DSA_DM.loss_guard import LossGuard
 from methods.DC_DSA_DM.run_state import RunState, RunStore
 from methods.DC_DSA_DM.synset import class_labels, initial_images, visualization_png
 from utils.data import LoadedDataset
@@ -38,6 +37,8 @@ from utils.errors import UserError
 from utils.log import get_logger, progress_disabled
 from utils.runtime import Runtime
 from utils.seeding import derive_seed, make_generator
+
+LOG_EVERY = 10  # iterations between log lines: the loop reads the loss (and the non-finite flag) this often
 
 
 class NonFiniteLossError(UserError):
@@ -99,11 +100,12 @@ def distill_experiment(cfg: DistillConfig, res: Resources, store: RunStore, stat
     final_accs: dict[str, list[float]] = {}
 
     bar = tqdm(total=cfg.iterations, initial=state.next_iteration, desc=f"exp {exp}", disable=progress_disabled())
+    guard = LossGuard(image_syn, optimizer)
     for it in range(state.next_iteration, cfg.iterations + 1):
-        # The state before iteration `it`: what a checkpoint written during this iteration must hold.
-        state.next_iteration, state.images = it, image_syn.detach().clone()
-        state.optimizer_state = copy.deepcopy(optimizer.state_dict())
+        guard.begin(it)  # the state before iteration `it`: what a checkpoint written during it must hold
         try:
+            if it in evaluate_at or it == cfg.iterations:
+                stop_if_non_finite(guard, state, exp)  # only a good set is evaluated or saved
             if it in evaluate_at:
                 accs = evaluate(cfg, res, image_syn.detach().clone(), labels, seeds_of_evaluation(cfg, seed, exp, it),
                                 f"exp {exp} iter {it}")
@@ -112,20 +114,25 @@ def distill_experiment(cfg: DistillConfig, res: Resources, store: RunStore, stat
                     final_accs = accs
             if it == cfg.iterations:
                 break
-            step_images = partial(image_step, res, optimizer, image_syn, labels, where=(exp, it))
+            step_images = partial(image_step, res, optimizer, image_syn, labels, guard=guard, it=it)
             loss = method_iteration(cfg, res, image_syn, step_images, seed, exp, it)
+            checkpoint = (it + 1) % cfg.checkpoint_every == 0 or it == cfg.stop_after
+            if it % LOG_EVERY == 0 or checkpoint:  # the loop's only reads from the device
+                stop_if_non_finite(guard, state, exp)
         except KeyboardInterrupt:
-            store.save_checkpoint(state)  # where it was
+            state.next_iteration, state.images, state.optimizer_state = guard.last_good()
+            store.save_checkpoint(state)  # where it was, or before the first non-finite loss
             raise
         except NonFiniteLossError as err:
             store.save_checkpoint(state)  # the last good synthetic set
             raise NonFiniteLossError(f"{err}; the last good synthetic set is saved in {store.files.checkpoint} "
                                      f"(try a smaller --lr_img)") from None
         bar.update(1)
-        bar.set_postfix(loss=f"{loss:.4f}")
-        if it % 10 == 0:
-            get_logger().info("exp %d iter %05d loss %.4f", exp, it, loss)
-        if (it + 1) % cfg.checkpoint_every == 0 or it == cfg.stop_after:
+        if it % LOG_EVERY == 0:
+            value = float(loss)
+            bar.set_postfix(loss=f"{value:.4f}")
+            get_logger().info("exp %d iter %05d loss %.4f", exp, it, value)
+        if checkpoint:
             state.next_iteration, state.images = it + 1, image_syn.detach()
             state.optimizer_state = optimizer.state_dict()
             store.save_checkpoint(state)
@@ -141,7 +148,7 @@ def distill_experiment(cfg: DistillConfig, res: Resources, store: RunStore, stat
 
 
 def method_iteration(cfg: DistillConfig, res: Resources, image_syn: Tensor, step_images, seed: int, exp: int,
-                     it: int) -> float:
+                     it: int) -> Tensor:
     """Iteration `it` of DC/DSA or DM. Its random network, its generator (real batches, DSA, batch order)
     and CLoM's draws all come from (seed, exp, it) alone, so a resumed run takes exactly the same steps."""
     spec = res.data.spec
@@ -164,15 +171,14 @@ def method_iteration(cfg: DistillConfig, res: Resources, image_syn: Tensor, step
 
 
 def image_step(res: Resources, optimizer: torch.optim.Optimizer, image_syn: Tensor, labels: Tensor, loss: Tensor,
-               where: tuple[int, int]) -> float:
-    """Add CLoM, refuse a non-finite loss, take one SGD step on the synthetic images. Under torchrun `loss`
-    is this process's share: the images' gradients (and the loss) are summed over processes."""
+               guard: LossGuard, it: int) -> Tensor:
+    """Add CLoM, note a non-finite loss on the device (`guard`; nothing is read back), take one SGD step on the
+    synthetic images; returns the loss, detached. Under torchrun `loss` is this process's share: the images'
+    gradients (and the loss) are summed over processes."""
     if res.clom is not None:
         loss = loss + res.clom(image_syn, labels) / res.dist.world
-    value = float(all_reduce_sum_(res.dist, loss.detach().clone()).item())
-    if not math.isfinite(value):
-        exp, it = where
-        raise NonFiniteLossError(f"the loss became {value} at iteration {it} of experiment {exp}")
+    value = all_reduce_sum_(res.dist, loss.detach().clone())
+    guard.record(value, it)
     optimizer.zero_grad(set_to_none=True)
     if loss.requires_grad:  # a process with no classes (more processes than classes) contributes nothing
         loss.backward()
@@ -181,6 +187,15 @@ def image_step(res: Resources, optimizer: torch.optim.Optimizer, image_syn: Tens
     all_reduce_sum_(res.dist, image_syn.grad)
     optimizer.step()
     return value
+
+
+def stop_if_non_finite(guard: LossGuard, state: RunState, exp: int) -> None:
+    """Raise NonFiniteLossError, naming the iteration, if any loss so far was non-finite; `state` then holds the
+    set before that iteration, for the checkpoint."""
+    bad = guard.first_bad()
+    if bad is not None:
+        state.next_iteration, state.images, state.optimizer_state = guard.last_good()
+        raise NonFiniteLossError(f"the loss became {bad[1]} at iteration {bad[0]} of experiment {exp}")
 
 
 def seeds_of_evaluation(cfg: DistillConfig, seed: int, exp: int, it: int) -> list[int]:

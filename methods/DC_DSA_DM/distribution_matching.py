@@ -113,9 +113,9 @@ class DMSettings:
 
 def distribution_matching_iteration(make_network: Callable[[], nn.Module], sample_real: RealSampler,
                                     image_syn: Tensor, generator: torch.Generator,
-                                    step_images: Callable[[Tensor], float], settings: DMSettings) -> float:
+                                    step_images: Callable[[Tensor], Tensor], settings: DMSettings) -> Tensor:
     """One DM iteration: a fresh random, frozen network (train mode); match every class's mean embedding,
-    then `step_images(loss)` (adds CLoM, takes the SGD step). Returns the loss per class."""
+    then `step_images(loss)` (adds CLoM, takes the SGD step). Returns the loss per class (a device tensor)."""
     net = make_network()
     net.train().requires_grad_(False)
     real = sample_real(settings.batch_real, generator)

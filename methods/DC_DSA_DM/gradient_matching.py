@@ -225,10 +225,11 @@ class MatchingSettings:
 
 def gradient_matching_iteration(make_network: Callable[[], nn.Module], sample_real: RealSampler,
                                 image_syn: Tensor, generator: torch.Generator,
-                                step_images: Callable[[Tensor], float], settings: MatchingSettings) -> float:
+                                step_images: Callable[[Tensor], Tensor], settings: MatchingSettings) -> Tensor:
     """One DC / DSA iteration: a fresh random network; outer_loop times match the per-class gradients of
     real and synthetic images and step the images (`step_images(loss)` adds CLoM and takes the SGD step),
-    then train the network inner_loop epochs on the synthetic set. Returns the mean loss per class and step.
+    then train the network inner_loop epochs on the synthetic set. Returns the mean loss per class and step (a
+    device tensor: nothing here waits for the device).
 
     image_syn: (C*ipc, ch, H, W), class-major, requires grad. Every draw comes from `generator`.
     """
@@ -241,7 +242,7 @@ def gradient_matching_iteration(make_network: Callable[[], nn.Module], sample_re
                               momentum=0.0, weight_decay=0.0,
                               augment=dsa_augmenter(settings.augmentation, DISTILLATION_DSA))
     mine = settings.classes
-    total = 0.0
+    total = image_syn.new_zeros(())
     for step in range(outer_loop):
         if has_batchnorm(net):
             freeze_batchnorm_statistics(net, sample_real(BN_BATCH_PER_CLASS, generator).flatten(0, 1))
@@ -258,7 +259,7 @@ def gradient_matching_iteration(make_network: Callable[[], nn.Module], sample_re
                                           classes.expand(-1, syn.shape[1]), metric=settings.metric,
                                           chunk_size=max(1, MATCH_CHUNK_REAL_IMAGES // real.shape[1]),
                                           execution=settings.execution)
-        total += step_images(loss)
+        total = total + step_images(loss)
         if step == outer_loop - 1:
             break
         train_models([net], TensorSource(image_syn.detach(), labels, num_classes), inner_schedule, [generator],
