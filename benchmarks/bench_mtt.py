@@ -14,8 +14,8 @@ mtt_code.py stand-ins), as wall time and as the process's CPU time (less sensiti
 the ratio column uses it). --tools: "ours" runs eagerly, "ours_compiled" with the compiled student steps (a run of
 500 iterations stopped after the timed ones: a CPU compiles from 500), "mtt" is MTT's distill.py. Peak memory:
 the process's peak resident set size (getrusage of the child); a run whose resident set passes --memory_cap_gb is
-stopped there (its peak is then reported as more than the cap). The table goes to stdout and
-<out>/bench_mtt.json.
+stopped there (its peak is then reported as more than the cap); on CUDA also torch.cuda.max_memory_allocated of
+each process. The table goes to stdout and <out>/bench_mtt.json.
 """
 
 from __future__ import annotations
@@ -105,7 +105,10 @@ def run_ours_in_process(times_file: Path, argv: list[str]) -> None:
     try:
         distill.main(argv)
     finally:
-        times_file.write_text(json.dumps({"durations": wall, "cpu": cpu}))
+        import torch
+
+        cuda = int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
+        times_file.write_text(json.dumps({"durations": wall, "cpu": cpu, "cuda_peak_bytes": cuda}))
 
 
 def make_buffer(args, data: Path, buffers: Path) -> None:
@@ -183,6 +186,8 @@ def main(argv=None) -> None:
                     measured["s_per_iteration"] = median_after_warmup(timing.get("durations", []))
                     measured["cpu_s_per_iteration"] = median_after_warmup(timing.get("cpu", []))
                 measured["concurrent"] = args.concurrent
+                if timing.get("cuda_peak_bytes") is not None:  # on CUDA, the device's peak is the memory that counts
+                    measured["cuda_peak_gb"] = timing["cuda_peak_bytes"] / 2**30
                 results[name] = measured
                 results_file.write_text(json.dumps(results, indent=2))
                 print(name, measured, flush=True)
@@ -205,6 +210,8 @@ def print_table(results: dict, args) -> None:
                 continue
             wall, cpu = row.get("s_per_iteration"), row.get("cpu_s_per_iteration")
             rss = f"> {args.memory_cap_gb:g} (stopped)" if row["capped"] else f"{row['peak_rss_gb']:.2f}"
+            if row.get("cuda_peak_gb") is not None:
+                rss += f" (CUDA peak {row['cuda_peak_gb']:.2f})"
             speed = memory = "–"
             if tool != "mtt" and theirs:
                 if cpu and theirs.get("cpu_s_per_iteration"):

@@ -49,12 +49,20 @@ class _Recorder:
     def __init__(self):
         self.progress: list[tuple[int, float, float]] = []  # iteration, wall clock, process CPU time
         self.syn_lr: list[float] = []
+        self.cuda_peak_bytes: int | None = None  # torch.cuda.max_memory_allocated, when on CUDA
 
     def log(self, values: dict, step=None) -> None:
         if "Progress" in values:
             self.progress.append((int(values["Progress"]), time.perf_counter(), time.process_time()))
+            self.cuda_peak_bytes = _cuda_peak_bytes()
         if "Synthetic_LR" in values:
             self.syn_lr.append(float(values["Synthetic_LR"]))
+
+
+def _cuda_peak_bytes() -> int | None:
+    import torch
+
+    return int(torch.cuda.max_memory_allocated()) if torch.cuda.is_available() else None
 
 
 def wandb_stand_in(recorder: _Recorder, result: Path | None, zca: bool) -> types.ModuleType:
@@ -157,7 +165,8 @@ def main() -> None:
         runpy.run_path(str(mtt / args.script), run_name="__main__")
     finally:
         if args.times is not None:
-            args.times.write_text(json.dumps({"progress": recorder.progress, "syn_lr": recorder.syn_lr}))
+            args.times.write_text(json.dumps({"progress": recorder.progress, "syn_lr": recorder.syn_lr,
+                                              "cuda_peak_bytes": recorder.cuda_peak_bytes}))
 
 
 if __name__ == "__main__":
