@@ -18,7 +18,9 @@ path, and the process that runs one of its scripts first installs these run-time
 
 runs one of its scripts with these stand-ins (the script path is relative to the checkout). Its runs are not
 reproducible: its network builder reseeds torch from the clock and its DSA seeds come from the clock;
---seed seeds python, numpy and torch once before the script starts.
+--seed seeds python, numpy and torch once before the script starts. --start FILE makes its synthetic set start
+from the images of a saved set (its `torch.randn` draw of the set's shape returns them), e.g. to run it from
+the very starting images of one of our runs.
 """
 
 from __future__ import annotations
@@ -140,6 +142,8 @@ def main() -> None:
     parser.add_argument("--paper-code", required=True, type=Path, help="a checkout of the paper's repository")
     parser.add_argument("--data", required=True, type=Path, help="CIFAR-10 pickle folder or save_tensors file")
     parser.add_argument("--seed", type=int, default=None, help="seed python, numpy and torch before the script")
+    parser.add_argument("--start", type=Path, default=None,
+                        help="a saved set (res_*.pt): the synthetic images start from its data[0] images")
     parser.add_argument("script", help="the paper's script, relative to its checkout")
     parser.add_argument("argv", nargs=argparse.REMAINDER, help="the script's flags")
     args = parser.parse_args()
@@ -157,7 +161,27 @@ def main() -> None:
         random.seed(args.seed)
         np.random.seed(args.seed)
         torch.manual_seed(args.seed)
+    if args.start is not None:
+        start_from(args.start)
     run_script(paper, args.script, args.argv)
+
+
+def start_from(path: Path) -> None:
+    """torch.randn of the saved set's shape (the paper's scripts draw their noise-initialized synthetic set
+    with it) returns the saved images instead; every other draw is left alone."""
+    import torch
+
+    images = torch.load(path, weights_only=True)["data"][0][0]
+    randn = torch.randn
+
+    def randn_or_start(*size, **options):
+        shape = options.get("size", size[0] if len(size) == 1 and not isinstance(size[0], int) else size)
+        if tuple(shape) != tuple(images.shape):
+            return randn(*size, **options)
+        start = images.to(options.get("dtype") or torch.float32, copy=True)
+        return start.to(options.get("device") or "cpu").requires_grad_(bool(options.get("requires_grad")))
+
+    torch.randn = randn_or_start
 
 
 if __name__ == "__main__":

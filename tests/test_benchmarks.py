@@ -103,3 +103,19 @@ def test_sweep_script_ends_with_summarizes_table(tmp_path):
     printed = run("bash", str(ROOT / "scripts/sweep_digits.sh"), str(tmp_path / "sweep"), cwd=tmp_path, env=env)
     rows = table_rows(printed)
     assert len(rows) == 6 and {row[4] for row in rows} == {"none", "ce", "cos"}  # ipc 1 and 10, three CLoMs
+
+
+def test_init_swap_starts_both_tools_from_one_runs_images(fidelity):
+    out, _ = fidelity  # its pool and data
+    printed = run(sys.executable, str(ROOT / "benchmarks/init_swap.py"), "--paper-code", str(FAKE_PAPER), "--out",
+                  str(out), "--start_seeds", "0", "--draw_seeds", "0,1", "--repeats", "1", "--budgets", "Digits:DC=1",
+                  "--num_eval", "1", "--eval_epochs", "1", "--pool_size", "1", "--pool_epochs", "1", cwd=out)
+    records = {p.name: json.loads(p.read_text()) for p in out.glob("start0_*.json")
+               if not p.name.endswith(".validate.json")}
+    assert sorted(records) == ["start0_ours_seed0.json", "start0_ours_seed1.json", "start0_paper_repeat0.json"]
+    start = out / "start_seed0/CLoM"  # our run of seed 0 stopped before its first update
+    assert "--start" in (out / "start0_paper_repeat0.log").read_text().splitlines()[0]
+    assert "--child-start" in (out / "start0_ours_seed1.log").read_text().splitlines()[0] and start.exists()
+    [row] = table_rows(printed)
+    ours = [f"{s}: {100 * np.mean(records[f'start0_ours_seed{s}.json']['final']):.2f}" for s in (0, 1)]
+    assert row == ["our seed 0", ", ".join(ours), f"{100 * np.mean(records['start0_paper_repeat0.json']['final']):.2f}"]
