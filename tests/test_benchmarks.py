@@ -113,7 +113,7 @@ def test_init_swap_starts_both_tools_from_one_runs_images(fidelity):
     records = {p.name: json.loads(p.read_text()) for p in out.glob("start0_*.json")
                if not p.name.endswith(".validate.json")}
     assert sorted(records) == ["start0_ours_seed0.json", "start0_ours_seed1.json", "start0_paper_repeat0.json"]
-    start = out / "start_seed0/CLoM"  # our run of seed 0 stopped before its first update
+    start = out / "start_seed0/original_method"  # our run of seed 0 stopped before its first update
     assert "--start" in (out / "start0_paper_repeat0.log").read_text().splitlines()[0]
     assert "--child-start" in (out / "start0_ours_seed1.log").read_text().splitlines()[0] and start.exists()
     [row] = table_rows(printed)
