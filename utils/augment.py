@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from utils.errors import UserError
+from utils.seeding import randint_on_host
 
 try:  # kornia is in requirements.txt; without it (e.g. a bare GPU image) the gather below gives the same values
     from kornia.geometry.transform import translate
@@ -229,7 +230,8 @@ def _translate(x: torch.Tensor, shift_h: torch.Tensor, shift_w: torch.Tensor) ->
     values and gradients of a gather), 1.1-1.5x as fast as our gather on CPU. Grey images: our gather, 2-3x
     as fast as kornia there (benchmarks/bench_kornia.py: kornia samples one grid for all channels, the
     gather reads each channel)."""
-    if translate is not None and x.shape[1] >= KORNIA_TRANSLATE_MIN_CHANNELS:
+    if translate is not None and x.shape[1] >= KORNIA_TRANSLATE_MIN_CHANNELS and x.device.type == "cpu":
+        # (on a GPU the gather: the same values in ~8 kernel launches instead of kornia's ~40)
         moved = torch.stack([-shift_w, -shift_h], dim=1).to(x.dtype)  # kornia moves the content by +t
         return translate(x, moved, mode="nearest", padding_mode="zeros", align_corners=True)
     _, _, h, w = x.shape
@@ -304,37 +306,47 @@ class DSAPlan:
     ops: list[str]
     choice: torch.Tensor | None  # (G,) index into ops per group (mode 'S'); None: every op in order ('M')
     params: dict[str, Params]  # op -> {name: (G, ...) tensor}
+    chosen: list[int] | None = None  # `choice` on the host (read without waiting for the device's queue)
 
 
 def draw_dsa_plan(ops: list[str], num_groups: int, im_shape: Sequence[int], generator: torch.Generator,
                   device: torch.device | str, settings: DSAParams = DSAParams()) -> DSAPlan:
     """Draw order (fixed, for reproducibility): in mode 'S' the op of every group, then each op's parameters
     for all groups in strategy order (also for ops no group drew, so the draws never depend on the choice)."""
-    choice = None
+    choice, chosen = None, None
     if settings.aug_mode == "S":
-        choice = torch.randint(len(ops), (num_groups,), generator=generator, device=device)
+        choice, chosen = randint_on_host(len(ops), num_groups, generator)
     params = {op: draw_dsa_params(op, num_groups, im_shape, generator, device, settings) for op in ops}
-    return DSAPlan(list(ops), choice, params)
+    return DSAPlan(list(ops), choice, params, chosen)
 
 
 def apply_dsa_plan(x: torch.Tensor, plan: DSAPlan, groups: torch.Tensor,
-                   settings: DSAParams = DSAParams()) -> torch.Tensor:
+                   settings: DSAParams = DSAParams(), per_group: int | None = None) -> torch.Tensor:
     """Augment x (N, C, H, W), sample i as group groups[i] drew. Mode 'S': each op runs once, on the
-    samples whose group drew it (so every image is augmented once, with at most len(ops) calls)."""
+    samples whose group drew it (so every image is augmented once, with at most len(ops) calls).
+    per_group: every group has this many samples (e.g. class-major batches), so the samples per op are
+    known on the host without reading `groups` back."""
     if plan.choice is None:
         for op in plan.ops:
             x = apply_dsa_op(op, x, gather_params(plan.params[op], groups), settings)
         return x
+    counts = None
+    if per_group is not None and plan.chosen is not None:
+        counts = [per_group * plan.chosen.count(k) for k in range(len(plan.ops))]
     return _apply_each_op_once(x, plan.choice.index_select(0, groups), plan.ops,
-                               lambda k, idx: gather_params(plan.params[plan.ops[k]], groups[idx]), settings)
+                               lambda k, idx: gather_params(plan.params[plan.ops[k]], groups[idx]), settings,
+                               counts)
 
 
 def _apply_each_op_once(x: torch.Tensor, sample_op: torch.Tensor, ops: list[str],
-                        op_params: Callable[[int, torch.Tensor], Params], settings: DSAParams) -> torch.Tensor:
+                        op_params: Callable[[int, torch.Tensor], Params], settings: DSAParams,
+                        counts: list[int] | None = None) -> torch.Tensor:
     """Sample i gets ops[sample_op[i]]; each op runs once, on its samples idx (ascending), with the
-    parameters op_params(k, idx) of those samples in that order."""
+    parameters op_params(k, idx) of those samples in that order. counts: samples per op, when the host knows
+    them (else read from the device)."""
     order = torch.argsort(sample_op, stable=True)  # the samples of op 0, then of op 1, ...
-    counts = torch.bincount(sample_op, minlength=len(ops)).tolist()  # the one read from the device
+    if counts is None:
+        counts = torch.bincount(sample_op, minlength=len(ops)).tolist()
     pieces = [apply_dsa_op(op, x.index_select(0, idx), op_params(k, idx), settings)
               for k, (op, idx) in enumerate(zip(ops, order.split(counts))) if len(idx)]
     return torch.empty_like(x).index_copy(0, order, torch.cat(pieces))
@@ -365,8 +377,7 @@ def dsa_augment(
         raise UserError(f"unknown DSA aug_mode {params.aug_mode!r}; use 'S' (one op) or 'M' (all ops)")
     if groups is None:
         if params.aug_mode == "S":
-            pick = torch.randint(len(ops), (1,), generator=generator, device=x.device)
-            ops = [ops[int(pick.item())]]
+            ops = [ops[randint_on_host(len(ops), 1, generator)[1][0]]]
         for op in ops:
             x = apply_dsa_op(op, x, draw_dsa_params(op, x.shape[0], x.shape, generator, x.device, params), params)
         return x.contiguous()
@@ -392,8 +403,9 @@ def siamese_augment(real: torch.Tensor, syn: torch.Tensor, strategy: str | None,
     plan = draw_dsa_plan(ops, num_classes, real.shape, generator, real.device, params)
     classes = torch.arange(num_classes, device=real.device)
     with torch.set_grad_enabled(real.requires_grad and torch.is_grad_enabled()):
-        out_real = apply_dsa_plan(real.flatten(0, 1), plan, classes.repeat_interleave(real.shape[1]), params)
-    out_syn = apply_dsa_plan(syn.flatten(0, 1), plan, classes.repeat_interleave(syn.shape[1]), params)
+        out_real = apply_dsa_plan(real.flatten(0, 1), plan, classes.repeat_interleave(real.shape[1]), params,
+                                  real.shape[1])
+    out_syn = apply_dsa_plan(syn.flatten(0, 1), plan, classes.repeat_interleave(syn.shape[1]), params, syn.shape[1])
     return out_real.view(real.shape), out_syn.view(syn.shape)
 
 
@@ -422,20 +434,24 @@ class DSAAugmenter:
                 drew = [draws[m][0][1] for m in range(k) if member_op[m] == op_index]  # ascending, as idx
                 return {name: torch.cat([p[name] for p in drew]) for name in drew[0]}
 
-            sample_op = torch.tensor(member_op, device=x.device).repeat_interleave(b)
-            return _apply_each_op_once(flat, sample_op, self.ops, op_params, self.params).view(x.shape)
+            # the members' draws, as device tensors (no copy from the host): each member's op for its b images
+            sample_op = torch.cat([draw[0][2] for draw in draws]).repeat_interleave(b)
+            counts = [b * member_op.count(op) for op in range(len(self.ops))]
+            return _apply_each_op_once(flat, sample_op, self.ops, op_params, self.params, counts).view(x.shape)
         for step, op in enumerate(self.ops):  # mode 'M': every op in order, for every member
             params = {name: torch.cat([draw[step][1][name] for draw in draws]) for name in draws[0][step][1]}
             flat = apply_dsa_op(op, flat, params, self.params)
         return flat.contiguous().view(x.shape)
 
-    def _draw(self, b: int, x: torch.Tensor, generator: torch.Generator) -> list[tuple[str, Params]]:
-        """One member's draws, in __call__'s order: its op (mode 'S'), then the parameters of its images."""
+    def _draw(self, b: int, x: torch.Tensor, generator: torch.Generator) -> list[tuple]:
+        """One member's draws, in __call__'s order: its op (mode 'S'; with the draw as a device tensor), then
+        the parameters of its images: [(op, params[, drawn op]), ...]."""
         _check_generator(generator, x)
-        ops = self.ops
         if self.params.aug_mode == "S":
-            ops = [ops[int(torch.randint(len(ops), (1,), generator=generator, device=x.device).item())]]
-        return [(op, draw_dsa_params(op, b, x.shape, generator, x.device, self.params)) for op in ops]
+            pick, [k] = randint_on_host(len(self.ops), 1, generator)
+            op = self.ops[k]
+            return [(op, draw_dsa_params(op, b, x.shape, generator, x.device, self.params), pick)]
+        return [(op, draw_dsa_params(op, b, x.shape, generator, x.device, self.params)) for op in self.ops]
 
 
 def dsa_augmenter(strategy: str | None, params: DSAParams = DSAParams()) -> DSAAugmenter | None:

@@ -252,8 +252,9 @@ def train_models(models: Sequence[nn.Module], source: ImageSource, schedule: Sch
     groups = _groups(models, stack, batches_per_epoch=math.ceil(len(source) / schedule.batch_size))
     total = schedule.epochs * len(groups)
     with tqdm(total=total, desc=desc, disable=progress_disabled() or desc is None, leave=False) as progress:
+        shown = None if progress.disable else progress  # a hidden bar must not read the loss every epoch
         for ids, runner in groups:
-            _train_runner(runner, source, schedule, [generators[i] for i in ids], hook, ids, progress, compiled)
+            _train_runner(runner, source, schedule, [generators[i] for i in ids], hook, ids, shown, compiled)
     return list(models)
 
 
@@ -276,11 +277,36 @@ def evaluate_models(models: Sequence[nn.Module], source, batch_size: int = 1024,
 
 def build_seeded_network(name: str, channel: int, num_classes: int, im_size, seed: int,
                          device: torch.device | str = "cpu") -> nn.Module:
-    """Build a network whose initial weights depend only on `seed` (global RNG state restored after)."""
+    """Build a network whose initial weights depend only on `seed` (global RNG state restored after). It is
+    built on the CPU (the same weights for every device); on CUDA its weights then travel in one copy."""
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         model = build_network(name, channel, num_classes, im_size)
-    return model.to(device)
+    device = torch.device(device)
+    return move_in_one_copy(model, device) if device.type == "cuda" else model.to(device)
+
+
+FLAT_ALIGNMENT = 16  # elements: every tensor starts 64-byte aligned (compiled kernels copy unaligned inputs)
+
+
+def move_in_one_copy(model: nn.Module, device: torch.device, pin: bool = True) -> nn.Module:
+    """model.to(device) as one non-blocking copy per dtype from pinned memory: `.to` copies each parameter on
+    its own and waits for the device each time. The parameters and buffers become aligned views of one flat
+    device tensor per dtype, with the same values bit for bit."""
+    tensors = [*model.parameters(), *model.buffers()]
+    for dtype in dict.fromkeys(t.dtype for t in tensors):
+        group = [t for t in tensors if t.dtype == dtype]
+        starts, end = [], 0
+        for t in group:
+            starts.append(end)
+            end += -(-t.numel() // FLAT_ALIGNMENT) * FLAT_ALIGNMENT
+        flat = torch.zeros(end, dtype=dtype, pin_memory=pin)
+        for t, start in zip(group, starts):
+            flat[start:start + t.numel()].copy_(t.detach().reshape(-1))
+        flat = flat.to(device, non_blocking=pin)
+        for t, start in zip(group, starts):
+            t.data = flat[start:start + t.numel()].view(t.shape)
+    return model
 
 
 @dataclass

@@ -111,7 +111,7 @@ class CompiledTrainer:
         self.params = {name: value.detach() for name, value in params.items()}
         self.momenta = {name: torch.zeros_like(value) for name, value in self.params.items()}
         device = next(iter(self.params.values())).device
-        self.lr = torch.tensor(float(schedule.lr), device=device)
+        self.lr = torch.full((), float(schedule.lr), device=device)  # a fill: no copy from the host
         self._step = _compiled_step(self.models, schedule.momentum, schedule.weight_decay, device)
         self._eager_fallback = eager_fallback  # () -> an eager trainer of the same models
         self._eager = None
