@@ -247,3 +247,95 @@ def test_bf16_autocast_distillation_step_runs_and_stays_close():
     assert torch.isfinite(low_grad).all() and rel(low_loss.float(), ref_loss) < 5e-2
     cosine = torch.nn.functional.cosine_similarity(low_grad.double().flatten(), ref_grad.double().flatten(), dim=0)
     assert rel(low_grad.float(), ref_grad) < 0.2 and cosine > 0.95
+
+
+# ---------------------------------------------------------------- the host does not wait for the card (test_host_sync)
+def test_fresh_network_reaches_the_card_in_one_copy_with_the_cpu_weights():
+    cpu = build_seeded_network("ConvNetBN", 3, C, SHAPE[1:], 7)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # a waiting copy per parameter would raise here
+    try:
+        net = build_seeded_network("ConvNetBN", 3, C, SHAPE[1:], 7, CUDA)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for (key, a), b in zip(cpu.state_dict().items(), net.state_dict().values()):
+        assert b.is_cuda and torch.equal(a, b.cpu()), key
+
+
+def test_randint_on_host_is_the_plain_draw_and_does_not_wait_for_queued_work():
+    from utils.seeding import randint_on_host
+
+    plain, ours = make_generator(3, CUDA), make_generator(3, CUDA)
+    expected = torch.randint(6, (10,), generator=plain, device=CUDA)
+    big = torch.randn(8192, 8192, device=CUDA)
+    torch.cuda.synchronize()
+    for _ in range(10):  # ~tens of ms of queued work
+        big = big @ big / 8192
+    queued = torch.cuda.Event()
+    queued.record()
+    values, host = randint_on_host(6, 10, ours)
+    assert not queued.query()  # read while the queue was still busy
+    assert torch.equal(values, expected) and host == expected.tolist()
+    assert torch.equal(torch.rand(5, generator=ours, device=CUDA), torch.rand(5, generator=plain, device=CUDA))
+
+
+def test_graph_on_persistent_tensors_equals_the_compiled_step_without_a_graph(monkeypatch):
+    """The compiled step replayed from our CUDA graph against the same compiled step called plainly, fp32 (TF32
+    off): the same kernels, so equal up to the order cuDNN's backward may sum in (rel 1e-6), over epochs and a
+    second network that takes the graph over."""
+    from utils import fast
+
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        runs = {}
+        for static in (True, False):
+            monkeypatch.setattr(fast, "STATIC_STEP_DEVICES", {"cuda"} if static else set())
+            runs[static] = [_train_cuda(True, stack) for stack in (False, True)]
+    finally:
+        torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = True
+    for graphed, plain in zip(runs[True], runs[False]):
+        for a, b in zip(graphed, plain):
+            flat_a = torch.cat([x.detach().flatten() for x in a.parameters()])
+            flat_b = torch.cat([x.detach().flatten() for x in b.parameters()])
+            assert rel(flat_a, flat_b) < 1e-6
+    assert fast.fast_path_available(), fast._BROKEN
+
+
+def test_steady_state_training_steps_and_the_loss_check_do_not_synchronise():
+    from methods.DC_DSA_DM.loss_guard import LossGuard
+
+    source = TensorSource(torch.randn(100, *SHAPE, device=CUDA), torch.arange(100, device=CUDA) % C, C)
+    schedule = Schedule(epochs=3, batch_size=256, lr=0.01, momentum=0.0, weight_decay=0.0)
+    first = [build_seeded_network("ConvNet", 3, C, SHAPE[1:], 1, CUDA)]
+    train_models(first, source, schedule, [make_generator(1, CUDA)], compiled=True)  # compiles and captures
+    image = torch.randn(10, *SHAPE, device=CUDA, requires_grad=True)
+    optimizer = torch.optim.SGD([image], lr=0.1, momentum=0.5)
+    guard = LossGuard(image, optimizer)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        fresh = [build_seeded_network("ConvNet", 3, C, SHAPE[1:], 2, CUDA)]
+        train_models(fresh, source, schedule, [make_generator(2, CUDA)], compiled=True)  # graph replays only
+        for it in range(3):
+            guard.begin(it)
+            loss = image.pow(2).sum()
+            guard.record(loss.detach(), it)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert guard.first_bad() is None and not torch.equal(first[0].classifier.weight, fresh[0].classifier.weight)
+
+
+def test_crop_on_the_card_takes_the_gather_with_kornias_values_and_gradients():
+    x = torch.randn(40, *SHAPE, device=CUDA, requires_grad=True)
+    shift_h = torch.randint(-4, 5, (40,), device=CUDA)
+    shift_w = torch.randint(-4, 5, (40,), device=CUDA)
+    ours = augment._translate(x, shift_h, shift_w)
+    moved = torch.stack([-shift_w, -shift_h], dim=1).float()
+    theirs = augment.translate(x, moved, mode="nearest", padding_mode="zeros", align_corners=True)
+    weights = torch.randn_like(ours)
+    assert torch.equal(ours, theirs)
+    assert torch.equal(torch.autograd.grad((ours * weights).sum(), x)[0],
+                       torch.autograd.grad((theirs * weights).sum(), x)[0])

@@ -64,6 +64,60 @@ def test_compiled_step_trains_like_the_eager_step(traced_only, stack):
     assert len(fast._COMPILED) == 1  # three models (or one stack of three): one compiled function
 
 
+@pytest.fixture
+def static_step(traced_only, monkeypatch):
+    """The CUDA path's bookkeeping on the CPU: the step updates persistent tensors in place, shared by every
+    trainer of the architecture (on CUDA the same calls are captured once as a graph and replayed)."""
+    monkeypatch.setattr(fast, "STATIC_STEP_DEVICES", {"cpu"})
+    monkeypatch.setattr(fast, "_STATIC", {})
+
+
+@pytest.mark.parametrize("stack", [False, True])
+def test_step_on_persistent_tensors_equals_the_plain_compiled_step(traced_only, monkeypatch, stack):
+    plain, plain_seen = train(True, stack=stack)
+    monkeypatch.setattr(fast, "STATIC_STEP_DEVICES", {"cpu"})
+    monkeypatch.setattr(fast, "_STATIC", {})
+    static, static_seen = train(True, stack=stack)
+    assert len(fast._STATIC) == 1 and not fast._BROKEN
+    assert plain_seen == static_seen
+    for a, b in zip(plain, static):
+        assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+def test_trainers_taking_turns_on_the_persistent_tensors_train_as_alone(static_step):
+    """Two trainers of one architecture alternate steps (each takes the tensors over from the other): each ends
+    where it ends when trained alone, momentum and a restarted optimizer included."""
+    source = toy_source()
+    x, y = source.images()[None, :12], source.labels[None, :12]
+    schedule = Schedule(epochs=1, batch_size=12, lr=0.05, momentum=0.9, weight_decay=5e-3)
+
+    def trainer(seed):
+        model = build_seeded_network("ConvNetW32", 1, 4, (8, 8), seed)
+        return model, fast.CompiledTrainer([model], schedule, None)
+
+    def run(trainer_, step):
+        if step == 2:
+            trainer_.set_lr(0.01, restart=True)
+        trainer_.step(x, y)
+
+    alone = []
+    for seed in (1, 2):
+        model, t = trainer(seed)
+        for step in range(4):
+            run(t, step)
+        t.write_back()
+        alone.append(model)
+    (model_a, a), (model_b, b) = trainer(1), trainer(2)
+    for step in range(4):
+        run(a, step)
+        run(b, step)
+    a.write_back()
+    b.write_back()
+    assert len(fast._STATIC) == 1
+    for together, by_itself in zip((model_a, model_b), alone):
+        assert all(torch.equal(p, q) for p, q in zip(together.parameters(), by_itself.parameters()))
+
+
 def test_batchnorm_models_and_failures_fall_back_to_the_eager_step(traced_only, monkeypatch):
     eager, _ = train(False, name="ConvNetBN", seeds=(1,))
     compiled, _ = train(True, name="ConvNetBN", seeds=(1,))

@@ -6,22 +6,26 @@ weight decay, momentum, update — of K stacked models is ONE function of plain 
 
     (params, buffers, momenta, x, y, lr) -> (new params, new momenta, per-sample losses, logits)
 
-which torch.compile turns into a few fused kernels (norm + activation + pooling passes fused by inductor)
-and, with mode "reduce-overhead" on CUDA, into one CUDA-graph replay. Random draws (batch order,
+which torch.compile turns into a few fused kernels (norm + activation + pooling passes fused by inductor).
+On CUDA the compiled step is captured once as a CUDA graph over persistent tensors (_StaticStep): each replay
+reads the parameters, momenta and lr from, and writes the new ones back into, the same tensors, so a step is
+two copies (the batch) and one replay, with no copies of its state in or out. Random draws (batch order,
 augmentation) stay outside, so a run is reproducible from its seed exactly as the eager path is.
 
 The maths is torch.optim.SGD's (dampening 0, no Nesterov): d = g + wd*p, m = momentum*m + d, p = p - lr*m,
 with m starting at 0 (equal to SGD's first-step m = d). Results match the eager path to float rounding
 (fused kernels sum in another order): tests/test_fast.py states the tolerances.
 
-A compiled function is built once per (architecture, device, number of models, momentum, weight decay) and
-reused: DC builds a fresh network every iteration, and its inner loop must not recompile each time.
+A compiled function (and its CUDA graph, per batch shape) is built once per (architecture, device, number of
+models, momentum, weight decay) and reused: DC builds a fresh network every iteration, and its inner loop must
+not recompile or recapture each time; a new trainer copies its state into the graph's tensors once.
 If compiling fails on some platform, the process logs it once and falls back to the eager step.
 """
 
 from __future__ import annotations
 
 import copy
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -36,8 +40,13 @@ _BROKEN: list[str] = []  # why the fast path was given up in this process (empty
 
 
 def compile_options(device: torch.device) -> dict:
-    """torch.compile keyword arguments per device: CUDA graphs on CUDA; plain inductor elsewhere."""
-    return {"mode": "reduce-overhead"} if device.type == "cuda" else {}
+    """torch.compile keyword arguments: plain inductor (on CUDA the trainer captures its own graph)."""
+    return {}
+
+
+# Devices whose trainer replays its compiled step as a CUDA graph on persistent tensors (_StaticStep); elsewhere
+# the compiled step is called as a function. Tests add "cpu" to run the same bookkeeping without a capture.
+STATIC_STEP_DEVICES = {"cuda"}
 
 
 def fast_path_available() -> bool:
@@ -101,6 +110,77 @@ def _compiled_step(models: Sequence[nn.Module], momentum: float, weight_decay: f
                                                           weight_decay), device)
 
 
+class _StaticStep:
+    """The compiled step of one architecture over persistent tensors: the parameters, buffers, momenta and lr
+    live here, and each call updates them in place. On CUDA the call is a replay of a CUDA graph captured once
+    per batch shape (its only copies: the batch into its static slot). A trainer takes the tensors over by
+    copying its state in (the previous owner copies its own out first), so DC's fresh network of every
+    iteration reuses the graph."""
+
+    def __init__(self, step, params: dict, buffers: dict, momenta: dict, lr: torch.Tensor):
+        self.step = step
+        self.params = {name: value.detach().clone() for name, value in params.items()}
+        self.buffers = {name: value.detach().clone() for name, value in buffers.items()}
+        self.momenta = {name: value.clone() for name, value in momenta.items()}
+        self.lr = lr.clone()
+        self.capture = lr.is_cuda
+        self._graphs: dict[tuple, tuple] = {}  # batch shapes -> (graph, x slot, y slot, losses, logits)
+        self._owner = lambda: None
+
+    def take_over(self, trainer: CompiledTrainer) -> None:
+        """Put `trainer`'s state into the persistent tensors; the trainer then holds them as its own."""
+        previous = self._owner()
+        if previous is trainer:
+            return
+        if previous is not None:
+            previous._let_go()
+        with torch.no_grad():
+            for mine, theirs in ((self.params, trainer.params), (self.buffers, trainer.buffers),
+                                 (self.momenta, trainer.momenta)):
+                for name, value in mine.items():
+                    value.copy_(theirs[name])
+            self.lr.copy_(trainer.lr)
+        trainer.params, trainer.buffers, trainer.momenta, trainer.lr = self.params, self.buffers, self.momenta, self.lr
+        self._owner = weakref.ref(trainer)
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One SGD step in place; the losses and logits returned are overwritten by the next call."""
+        if not self.capture:
+            return self._in_place(x, y)
+        key = (tuple(x.shape), x.dtype, tuple(y.shape))
+        if key not in self._graphs:
+            self._graphs[key] = self._capture(x, y)
+        graph, x_slot, y_slot, losses, logits = self._graphs[key]
+        x_slot.copy_(x)
+        y_slot.copy_(y)
+        graph.replay()
+        return losses, logits
+
+    def _in_place(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        params, momenta, losses, logits = self.step(self.params, self.buffers, self.momenta, x, y, self.lr)
+        with torch.no_grad():
+            for name, value in params.items():
+                self.params[name].copy_(value)
+                self.momenta[name].copy_(momenta[name])
+        return losses, logits
+
+    def _capture(self, x: torch.Tensor, y: torch.Tensor) -> tuple:
+        x_slot, y_slot = x.clone(), y.clone()
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):  # compile, autotune and let cuDNN pick its kernels outside the capture
+            for _ in range(2):
+                self.step(self.params, self.buffers, self.momenta, x_slot, y_slot, self.lr)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            losses, logits = self._in_place(x_slot, y_slot)
+        return graph, x_slot, y_slot, losses, logits
+
+
+_STATIC: dict[object, _StaticStep] = {}  # compiled step -> its persistent tensors and graphs
+
+
 class CompiledTrainer:
     """SGD on K models (no BatchNorm) through one compiled step; same interface as the eager trainer."""
 
@@ -113,34 +193,48 @@ class CompiledTrainer:
         device = next(iter(self.params.values())).device
         self.lr = torch.full((), float(schedule.lr), device=device)  # a fill: no copy from the host
         self._step = _compiled_step(self.models, schedule.momentum, schedule.weight_decay, device)
+        self._static = device.type in STATIC_STEP_DEVICES
         self._eager_fallback = eager_fallback  # () -> an eager trainer of the same models
         self._eager = None
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One SGD step of every model on its batch x (K, B, ...): per-sample losses and logits (on CUDA they
+        are overwritten by the next step: use them first)."""
         if self._eager is not None:
             return self._eager.step(x, y)
         try:
-            if x.is_cuda:
-                torch.compiler.cudagraph_mark_step_begin()
+            if self._static:
+                static = _STATIC.get(self._step)
+                if static is None:
+                    static = _STATIC[self._step] = _StaticStep(self._step, self.params, self.buffers, self.momenta,
+                                                               self.lr)
+                static.take_over(self)
+                return static(x, y)
             params, momenta, losses, logits = self._step(self.params, self.buffers, self.momenta, x, y, self.lr)
-        except Exception as err:  # a platform where compiling fails: keep going, eagerly
+        except Exception as err:  # a platform where compiling (or capturing) fails: keep going, eagerly
             _give_up(err)
             self.write_back()
             self._eager = self._eager_fallback()
             self._eager.set_lr(float(self.lr), restart=False)
             return self._eager.step(x, y)
-        # Outputs of a CUDA-graph replay live in the graph's memory and are overwritten by the next replay.
-        self.params = {name: value.clone() for name, value in params.items()}
-        self.momenta = {name: value.clone() for name, value in momenta.items()}
-        return losses.clone(), logits.clone()
+        self.params, self.momenta = params, momenta
+        return losses, logits
+
+    def _let_go(self) -> None:
+        """Another trainer takes the persistent tensors: keep a copy of this one's state."""
+        self.params = {name: value.clone() for name, value in self.params.items()}
+        self.buffers = {name: value.clone() for name, value in self.buffers.items()}
+        self.momenta = {name: value.clone() for name, value in self.momenta.items()}
+        self.lr = self.lr.clone()
 
     def set_lr(self, lr: float, restart: bool) -> None:
         if self._eager is not None:
             self._eager.set_lr(lr, restart)
             return
         self.lr.fill_(lr)
-        if restart:  # a fresh SGD: momentum starts again
-            self.momenta = {name: torch.zeros_like(value) for name, value in self.params.items()}
+        if restart:  # a fresh SGD: momentum starts again (in place: the tensors may be a graph's)
+            for value in self.momenta.values():
+                value.zero_()
 
     def write_back(self) -> None:
         if self._eager is not None:
