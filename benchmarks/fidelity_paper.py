@@ -135,7 +135,8 @@ def jobs(args) -> list[tuple[str, str, str, str]]:
                         continue  # the paper's code has no formula ce
                     out.append((dataset, cell, tool, seed))
             for ipc in sorted({BASES[parse_cell(c, args.alpha)[0]][2] for c in args.cells.split(",")}):
-                out.append((dataset, f"random{ipc}", "real", seed))
+                if not args.no_random_real:
+                    out.append((dataset, f"random{ipc}", "real", seed))
     return out
 
 
@@ -326,6 +327,8 @@ def get_args_parser(description: str = __doc__, tools: str = "paper,ours") -> ar
     parser.add_argument("--num_eval", type=int, default=5)
     parser.add_argument("--eval_epochs", type=int, default=300)
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--no_random_real", action="store_true",
+                        help="skip the random real subsets (e.g. another command into the same --out makes them)")
     parser.add_argument("--summarize", type=Path, nargs="+", help="print the table of these --out folders")
     return parser
 
