@@ -1,12 +1,17 @@
 """Where one whole distillation iteration's time goes, as the script runs it (ours only).
 
 Runs main.py / main_DM.py in this process with bench_paper.py's settings for --case (CIFAR-10-format data, the
-paper's --Iteration, evaluation off), skips --warmup iterations (compiling), then profiles --iterations more:
+paper's --Iteration unless --length, evaluation off), skips --warmup iterations (compiling), then profiles
+--iterations more:
   - Python (cProfile): milliseconds per iteration inside each stage of an iteration, cumulative;
-  - the device (torch.profiler): kernel time per iteration (the GPU's busy time: wall minus this is time
-    the GPU waited for the CPU), kernel launches, host-device copies and synchronisations per iteration.
+  - the device (torch.profiler), per iteration. On CUDA: kernel time (the GPU's busy time: wall minus this is
+    time the GPU waited for the CPU), kernel launches and CUDA-graph replays, memcpy calls, synchronisations.
+    On a CPU, the same host work counted as operations: aten operations that do work (leaf operations, one
+    kernel launch each on a GPU), copies among them (aten::copy_), and reads of a value from the device
+    (item/float/int/bool and tolist: each one a synchronisation on a GPU).
 
     python benchmarks/profile_iteration.py --case DM50 --iterations 20 --warmup 10
+    python benchmarks/profile_iteration.py --case DC1 --length 100 --iterations 3 --warmup 1   # a CPU, eager
 """
 
 from __future__ import annotations
@@ -44,29 +49,41 @@ def main() -> None:
     parser.add_argument("--case", default="DM50", choices=list(CASES))
     parser.add_argument("--iterations", type=int, default=10, help="iterations profiled")
     parser.add_argument("--warmup", type=int, default=3, help="iterations before profiling (compiling)")
+    parser.add_argument("--length", type=int, default=None,
+                        help="the run's --Iteration (default the paper's: 1000 for DC/DSA, 20000 for DM; on a CPU "
+                             "a run of fewer than 500 stays eager)")
+    parser.add_argument("--data", type=Path, default=None, help="CIFAR-format data folder (default: a new one)")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="profile_iteration_"))
-    data = write_cifar_digits(work / "cifar_digits")
+    data = write_cifar_digits(args.data or work / "cifar_digits")
     script, flags = CASES[args.case]
     if "--CLoM" in flags:
         sys.exit("profile_iteration.py: pick a case without CLoM")
-    length = "20000" if script == "main_DM.py" else "1000"
+    length = str(args.length or (20000 if script == "main_DM.py" else 1000))
     flags = [*flags, "--dataset", "CIFAR10", "--data_path", str(data), "--Iteration", length, "--num_eval", "0",
              "--save_path", str(work / "runs")]
     cuda = torch.cuda.is_available()
     activities = [torch.profiler.ProfilerActivity.CPU] + ([torch.profiler.ProfilerActivity.CUDA] if cuda else [])
     python, device = cProfile.Profile(), torch.profiler.profile(activities=activities)
-    count, clock = [0], {}
-    real_iteration = distill.method_iteration
+    count, clock, reads = [0], {}, [0]
+    real_iteration, real_tolist = distill.method_iteration, torch.Tensor.tolist
+
+    def counted_tolist(self):  # tolist reads the device without an aten operation the profiler would see
+        reads[0] += 1
+        return real_tolist(self)
 
     def profiled_iteration(*a, **k):
-        if cuda:
+        # Synchronise only around the window, so that the host may run ahead of the device from one iteration
+        # into the next, as in a run (the closing synchronisation is counted: 1 / --iterations per iteration).
+        if cuda and count[0] in (args.warmup, args.warmup + args.iterations):
             torch.cuda.synchronize()
         if count[0] == args.warmup:
             clock["start"] = time.perf_counter()
             device.__enter__()
             python.enable()
+            torch.Tensor.tolist = counted_tolist
         if count[0] == args.warmup + args.iterations:
+            torch.Tensor.tolist = real_tolist
             python.disable()
             device.__exit__(None, None, None)
             clock["wall"] = time.perf_counter() - clock["start"]
@@ -81,10 +98,19 @@ def main() -> None:
         runpy.run_path(str(main_path), run_name="__main__")
     except StopTiming:
         pass
-    report(args, python, device, clock["wall"], cuda)
+    report(args, python, device, clock["wall"], cuda, reads[0])
 
 
-def report(args, python: cProfile.Profile, device, wall: float, cuda: bool) -> None:
+def host_counts(events, tolist_calls: int) -> dict[str, int]:
+    """CPU profile: leaf aten operations (a GPU launches a kernel for each), copies among them, and reads of a
+    value from the device (each a synchronisation on a GPU)."""
+    leaves = [e for e in events if e.name.startswith("aten::")
+              and not any(c.name.startswith("aten::") for c in e.cpu_children)]
+    reads = sum(e.name == "aten::_local_scalar_dense" for e in events) + tolist_calls
+    return {"operations": len(leaves), "copies": sum(e.name == "aten::copy_" for e in leaves), "reads": reads}
+
+
+def report(args, python: cProfile.Profile, device, wall: float, cuda: bool, tolist_calls: int) -> None:
     n = args.iterations
     stats = pstats.Stats(python).stats  # {(file, line, name): (calls, primitive, tottime, cumtime, callers)}
     print(f"{args.case}: {n} iterations after {args.warmup}; wall {1e3 * wall / n:.2f} ms per iteration "
@@ -104,10 +130,16 @@ def report(args, python: cProfile.Profile, device, wall: float, cuda: bool) -> N
                                                         "cudaGraphLaunch"))
     copies = sum(e.count for e in events if e.key.startswith("cudaMemcpy"))
     syncs = sum(e.count for e in events if "Synchronize" in e.key)
+    graphs = sum(e.count for e in events if e.key == "cudaGraphLaunch")
     if cuda:
         print(f"device busy {kernel_us / 1e3 / n:.2f} ms per iteration ({100 * kernel_us / 1e6 / wall:.0f}% of wall); "
-              f"per iteration: {launches / n:.0f} kernel launches, {copies / n:.1f} memcpy calls, "
-              f"{syncs / n:.1f} synchronisations")
+              f"per iteration: {launches / n:.0f} kernel launches ({graphs / n:.0f} of them CUDA-graph replays), "
+              f"{copies / n:.1f} memcpy calls, {syncs / n:.1f} synchronisations")
+    else:
+        counts = host_counts(device.events(), tolist_calls)
+        print(f"per iteration (CPU: GPU launches and syncs counted as operations): {counts['operations'] / n:.0f} "
+              f"aten operations, {counts['copies'] / n:.1f} of them copies, {counts['reads'] / n:.1f} reads from "
+              f"the device")
     print(events.table(sort_by="self_device_time_total" if cuda else "self_cpu_time_total", row_limit=15))
 
 
