@@ -36,6 +36,7 @@ from utils.augment import apply_dsa_op, dsa_augment
 from utils.cli import run_cli
 from utils.data import load_dataset
 from utils.engine import build_seeded_network
+from utils.results import read_record
 
 TOL = dict(rtol=1e-9, atol=1e-12)
 STRATEGY = "color_crop_cutout_flip_scale_rotate"
@@ -323,3 +324,6 @@ def test_validate_trains_with_the_learned_lr_and_zca(workdir):
     assert learned["lr"] == pytest.approx(saved["syn_lr"][0]) and learned["lr_source"] == "the set's learned lr"
     assert flag["lr"] == 0.02 and flag["lr_source"] == "--lr"
     assert "ZCA-whitened" in (result.parent / "validate_ConvNetW32.log").read_text()
+    # summarize.py: every set's own learned lr is one setting, so the seeds of a cell share a row
+    assert read_record(Path("learned.json")).settings["validate.lr"] == "learned"
+    assert read_record(Path("flag.json")).settings["validate.lr"] == 0.02
