@@ -70,7 +70,8 @@ def get_args_parser() -> argparse.ArgumentParser:
                         help=_profile_help("epochs each evaluation network trains", "eval_epochs"))
     parser.add_argument("--seed", type=seed_int, default=0, help="seed of every step")
     parser.add_argument("--jobs", type=int_at_least(1), default=2,
-                        help="steps run side by side, each with (CPU cores / jobs) threads")
+                        help="steps run side by side, each with (CPU cores / jobs) threads; with --gpu, on that one "
+                             "card (small runs leave it idle most of the time: several share it well)")
     parser.add_argument("--gpu", default="0", type=device_name,
                         help="CUDA card number, or 'cpu' (the CPU is used when there is no CUDA)")
     return parser
