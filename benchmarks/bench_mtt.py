@@ -169,7 +169,7 @@ def main(argv=None) -> None:
                 total = 500 if tool == "ours_compiled" else args.iterations + 1
                 flags = common_flags(args, data, buffers, steps, total)
                 flags += ["--random_seed=0", f"--save_path={out / name}", "--checkpoint_every=100000",
-                          f"--stop_after={args.iterations}"]
+                          f"--stop_after={args.iterations}", *(["--eager"] if tool == "ours" else [])]
                 command = [sys.executable, str(Path(__file__).resolve()), "--run-ours", str(times), *flags]
             commands[name] = (command, out / f"{name}.log")
         batches = [commands] if args.concurrent else [{name: entry} for name, entry in commands.items()]
@@ -197,11 +197,14 @@ def main(argv=None) -> None:
 def print_table(results: dict, args) -> None:
     import torch
 
-    print(f"\nCIFAR-format Digits, {args.model}, ipc {args.ipc}, CPU, {args.threads} thread(s), "
-          f"torch {torch.__version__}")
-    print("| syn_steps | tool | s / iteration (wall) | CPU s / iteration | peak RSS (GB) | ours / MTT's CPU time | "
-          "ours / MTT's peak RSS |")
+    cuda = torch.cuda.is_available()  # then the card's time counts: wall time; on a CPU its own CPU time
+    device = torch.cuda.get_device_name() if cuda else f"CPU, {args.threads} thread(s)"
+    basis = "wall" if cuda else "CPU"
+    print(f"\nCIFAR-format Digits, {args.model}, ipc {args.ipc}, {device}, torch {torch.__version__}")
+    print(f"| syn_steps | tool | s / iteration (wall) | CPU s / iteration | peak RSS (GB) | "
+          f"ours / MTT's {basis} time | ours / MTT's peak RSS |")
     print("|---|---|---|---|---|---|---|")
+    key = "s_per_iteration" if cuda else "cpu_s_per_iteration"
     for steps in args.syn_steps:
         theirs = results.get(f"mtt_steps{steps}", {})
         for tool in args.tools:
@@ -214,14 +217,13 @@ def print_table(results: dict, args) -> None:
                 rss += f" (CUDA peak {row['cuda_peak_gb']:.2f})"
             speed = memory = "–"
             if tool != "mtt" and theirs:
-                if cpu and theirs.get("cpu_s_per_iteration"):
-                    speed = f"{cpu / theirs['cpu_s_per_iteration']:.2f}"
+                if row.get(key) and theirs.get(key):
+                    speed = f"{row[key] / theirs[key]:.2f}"
                 their_peak = args.memory_cap_gb if theirs.get("capped") else theirs["peak_rss_gb"]
                 memory = f"{'≤ ' if theirs.get('capped') else ''}{row['peak_rss_gb'] / their_peak:.2f}"
             missing = "– (stopped)" if row["capped"] else "–"
             wall, cpu = (f"{v:.1f}" if v else missing for v in (wall, cpu))
             print(f"| {steps} | {tool} | {wall} | {cpu} | {rss} | {speed} | {memory} |")
-
 
 if __name__ == "__main__":
     main()

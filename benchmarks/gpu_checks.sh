@@ -9,6 +9,9 @@
 #   paper    bench_paper.py: the paper's own code vs ours, seconds per iteration (needs a checkout of the
 #            paper's code: PAPER=<its root>, default .paper_code/ in this checkout): DC10, DSA10, DM50, DM10+cos;
 #   sweep    bench_sweep.py: a 6-run DM sweep one after another vs 2, 3 and 6 runs at a time on the card.
+#   mtt      (only when named in PARTS) bench_mtt.py: MTT's own code vs ours, seconds per iteration and peak
+#            memory (CUDA and host) at syn_steps 20 and 80 (needs a checkout of MTT's code: MTT=<its root>,
+#            default .mtt_code/ in this checkout).
 # With FULL=1, then: bench_paper's whole commands (the evaluation 20 x 1000, README command 1 scaled down),
 #   bench_distill.py per iteration (tf32, bf16), bench_eval.py, profile_matching.py, check_fast_cuda.py.
 # Not here: the accuracy runs (dsa_fidelity.py, fidelity_paper.py, digits_table.py): each is run on its own.
@@ -27,6 +30,7 @@ SUMMARY=$OUT/summary.txt
 : >"$SUMMARY"
 START=$SECONDS
 PAPER=${PAPER:-.paper_code}
+MTT=${MTT:-.mtt_code}
 BEFORE=${BEFORE:-}
 PARTS=${PARTS:-tests profile paper sweep}
 if [ -n "${QUICK:-}" ]; then
@@ -35,6 +39,7 @@ if [ -n "${QUICK:-}" ]; then
     PROFILE=("DC1 --length 20 --iterations 1 --warmup 1" "DM10 --length 20 --iterations 2 --warmup 1")
     SWEEP=(--iterations 2 --batch_real 4 --jobs 2)
     WHOLE=(--cases eval2x20 --epochs 1)
+    MTT_BENCH=(--model ConvNetW32 --syn_steps 2 --iterations 1 --tools mtt ours)
 else
     DEV=cuda SIZE=(--repeats 3) EVAL=(--nets 5 --epochs 300) CASES=DC10,DM10,DM50 TESTS=tests/test_cuda.py
     PAPER_DC=(--cases DC10,DSA10 --iterations 5 --warmup 2)
@@ -44,6 +49,7 @@ else
     # the evaluation of 20 networks x 1000 epochs (one of the paper's 20 commands, x 20); README command 1 at
     # 2 models x 3 epochs (scale by 10/2 models x 150/3 epochs for the whole command: the epochs are alike)
     WHOLE=(--cases eval20x1000,pool2x1 --epochs 3)
+    MTT_BENCH=(--syn_steps 20 80 --iterations 3 --memory_cap_gb 60)
 fi
 
 step() {  # step NAME SECONDS COMMAND...: run with a time limit, log to $LOGS/NAME.log
@@ -94,6 +100,16 @@ if wants sweep; then
     step sweep 200 $PY benchmarks/bench_sweep.py "${SWEEP[@]}" --out "$OUT/sweep"
     grep -E '^[0-9]+ DM runs|^\|' "$LOGS/sweep.log" >>"$SUMMARY"
     rm -rf "$OUT/sweep"
+fi
+
+if wants mtt; then
+    if [ -d "$MTT" ]; then
+        step mtt 500 $PY benchmarks/bench_mtt.py --mtt-code "$MTT" "${MTT_BENCH[@]}" --out "$OUT/mtt"
+        grep -E '^\||^CIFAR' "$LOGS/mtt.log" >>"$SUMMARY"
+        rm -rf "$OUT/mtt"
+    else
+        echo "== no checkout of MTT's code at $MTT: bench_mtt.py skipped" >>"$SUMMARY"
+    fi
 fi
 
 if [ -z "${FULL:-}" ]; then
