@@ -136,10 +136,14 @@ def main(argv=None) -> None:
                         help="run the tools of one syn_steps at the same time (the same background load for all)")
     parser.add_argument("--buffer_experts", type=int, default=1)
     parser.add_argument("--buffer_epochs", type=int, default=2)
+    parser.add_argument("--table", action="store_true", help="only print the table of <out>/bench_mtt.json")
     parser.add_argument("--run-ours", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.run_ours:
         run_ours_in_process(Path(args.run_ours[0]), args.run_ours[1:])
+        return
+    if args.table:
+        print_table(json.loads((args.out / "bench_mtt.json").read_text()), args)
         return
     if args.mtt_code is None:
         parser.error("--mtt-code is required")
