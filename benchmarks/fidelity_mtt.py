@@ -9,8 +9,10 @@ with each set's learned lr) scores every set, against random real images (IOR); 
 Data (--datasets): Digits (scikit-learn's 8x8 digits, our fixed split, 1198 train / 599 test; MTT's code gets the
 same normalized tensors through mtt_code.py's stand-in) and CIFARDigits (dsa_fidelity.py's CIFAR-10-format copy,
 3x32x32, 5000 / 1000, read as CIFAR10 by both tools, ZCA-whitened as MTT's CIFAR recipe).
-Experts (--experts x --expert_train_epochs, batch --expert_batch, lr 0.01, DSA): one buffer per tool and data
-set. Cells (--cells): MTT<ipc> for each --ipcs, by MTT's code ("mtt") and ours ("ours"), and ours with CLoM, the
+Experts (--experts x --expert_train_epochs, batch --expert_batch, lr 0.01, DSA): by default (--buffers shared)
+one buffer by our buffer.py that both tools distil from (MTT's distill.py reads our files: the distillations are
+compared on the same experts); --buffers own gives MTT's distill.py the buffer of MTT's buffer.py, same settings.
+Cells (--cells): MTT<ipc> for each --ipcs, by MTT's code ("mtt") and ours ("ours"), and ours with CLoM, the
 experts as the pool (their last epoch, all real images): "+cos" (--CLoM_distance cos) and "+ce_plain". Budget:
 --iterations image updates per run (MTT's loop updates once more than its --Iteration says, so it gets N - 1),
 --syn_steps, --expert_epochs, --max_start_epoch, lr_img 1000, --lr_lr, lr_teacher 0.01. Every run is one process
@@ -56,12 +58,14 @@ def buffer_jobs(args, name: str) -> list[tuple[str, list[str], Path]]:
              f"--save_interval={args.experts}"]
     out = args.out.resolve()
     ours = [sys.executable, str(ROOT / "methods/MTT/buffer.py"), *flags, f"--buffer_path={out / 'buffers_ours'}",
-            "--random_seed=0"]
+            "--random_seed=0", "--resume"]
     theirs = [sys.executable, str(ROOT / "benchmarks/mtt_code.py"), "--mtt-code", str(args.mtt_code.resolve()),
               "--seed", "0", *(["--data", str(digits_tensors(args))] if name == "Digits" else []), "buffer.py", *flags,
               f"--buffer_path={out / 'buffers_mtt'}"]
-    return [(f"{name}_buffer_ours", ours, out / f"{name}_buffer_ours.log"),
-            (f"{name}_buffer_mtt", theirs, out / f"{name}_buffer_mtt.log")]
+    jobs = [(f"{name}_buffer_ours", ours, out / f"{name}_buffer_ours.log")]
+    if args.buffers == "own":
+        jobs.append((f"{name}_buffer_mtt", theirs, out / f"{name}_buffer_mtt.log"))
+    return jobs
 
 
 def digits_tensors(args) -> Path:
@@ -78,6 +82,7 @@ def distill_flags(args, name: str, ipc: int, updates: int) -> list[str]:
 def run_jobs(args, name: str) -> list[tuple[str, list[str], Path, Path]]:
     """(run name, distill command, run folder, result file) of every cell and seed."""
     out, jobs = args.out.resolve(), []
+    theirs = "mtt" if args.buffers == "own" else "ours"  # whose buffer MTT's distill.py reads
     for ipc in args.ipcs:
         for cell in args.cells:
             tool, _, distance = cell.partition("+")
@@ -91,7 +96,7 @@ def run_jobs(args, name: str) -> list[tuple[str, list[str], Path, Path]]:
                     command = [sys.executable, str(ROOT / "benchmarks/mtt_code.py"), "--mtt-code",
                                str(args.mtt_code.resolve()), "--seed", str(seed), "--result", str(result),
                                *(["--data", str(digits_tensors(args))] if name == "Digits" else []), "distill.py",
-                               *flags, f"--buffer_path={out / 'buffers_mtt'}"]
+                               *flags, f"--buffer_path={out / f'buffers_{theirs}'}"]
                 else:
                     flags = distill_flags(args, name, ipc, args.iterations)
                     clom = [*CLOM[distance], "--CLoM_experts", str(args.experts), "--alphas",
@@ -174,6 +179,9 @@ def main(argv=None) -> None:
     parser.add_argument("--alpha_ce_plain", type=float, default=0.5)
     parser.add_argument("--eval_epochs", type=int, default=300)
     parser.add_argument("--num_eval", type=int, default=3)
+    parser.add_argument("--buffers", choices=("shared", "own"), default="shared",
+                        help="shared: both tools distil from the experts of our buffer.py (the distillations compared "
+                        "on the same experts); own: each tool from its own buffer.py's")
     parser.add_argument("--jobs", type=int, default=1)
     parser.add_argument("--summarize", nargs="+", type=Path, default=None, metavar="OUT")
     args = parser.parse_args(argv)
