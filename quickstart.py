@@ -134,7 +134,7 @@ def main(argv=None) -> list[tuple[str, float, float]]:
     method = [*common, "--method", args.method, "--ipc", str(args.ipc), "--num_eval", "0", "--batch_real", "64",
               *(["--init", args.init] if args.init else [])]
     clom = f"{args.method} + CLoM ({args.CLoM_distance})"
-    sets = {  # name -> (script, save_path, flags, steps it needs)
+    sets = {  # name -> (script, save_path, flags, steps it needs), in the table's order
         "random real": (SCRIPTS["DM"], "random_real", [*common, "--ipc", str(args.ipc), "--init", "real",
                                                        "--num_eval", "0", "--Iteration", "0"], ()),
         args.method: (SCRIPTS[args.method], "plain", [*method, "--Iteration", str(args.iterations)], ()),
@@ -143,23 +143,27 @@ def main(argv=None) -> list[tuple[str, float, float]]:
             "--models_pool", "ConvNet", "--model_num", str(args.pool_size), "--epoch", str(args.pool_epochs),
             "--alphas", str(args.alpha), "--CLoM_batch_size", "0"], ("pool",)),
     }
+    # the queue: the pool and the plain distillation first (CLoM waits for the pool), the quick ones last
+    queue = [args.method, clom, "random real"]
     steps = [Step("pool", "train_original_models.py", [
         *common, "--model", "ConvNet", "--normalize_data", "--num", str(args.pool_size), "--epochs",
         str(args.pool_epochs), "--save_every", str(args.pool_epochs), "--lr_decay_step", ""])]
-    reports = {}
-    for name, (script, folder, flags, after) in sets.items():
+    reports, validations = {}, []
+    for name in queue:
+        script, folder, flags, after = sets[name]
         steps.append(Step(name, script, [*flags, "--save_path", folder], after))
         reports[name] = out / f"validate_{folder}.json"
         made_by = "DM" if folder == "random_real" else args.method
         synthetic_set = Path(folder) / _result_folder(flags) / f"res_{made_by}_Digits_ConvNet_{args.ipc}ipc.pt"
-        steps.append(Step(f"validate {name}", "validate.py", [
+        validations.append(Step(f"validate {name}", "validate.py", [
             *common, "--normalize_data", "--model", "ConvNet", "--dsa", "--synthesis_data_path", str(synthetic_set),
             "--epochs", str(args.eval_epochs), "--save_every", str(args.eval_epochs), "--lr_decay_step",
             str(args.eval_epochs // 2), "--num_eval", str(args.num_eval), "--result_json", str(reports[name])],
             (name,)))
+    steps += validations  # after every distillation in the queue: the long steps start first
     start = time.time()
     run_steps(steps, out, max(1, args.jobs))
-    accs = {name: 100 * np.asarray(json.loads(report.read_text())["final"]) for name, report in reports.items()}
+    accs = {name: 100 * np.asarray(json.loads(reports[name].read_text())["final"]) for name in sets}
     rows = [(name, float(a.mean()), float(a.std())) for name, a in accs.items()]
     print(f"\nDigits, {args.ipc} image(s) per class, {args.iterations} iterations; each set trains {args.num_eval} "
           f"ConvNets {args.eval_epochs} epochs with DSA ({time.time() - start:.0f} s in all; outputs in {out})")
