@@ -1,6 +1,6 @@
 """Time one CLoM step (forward + backward to the synthetic images): ours vs the direct formula.
 
-Setup: |S| = 100 CIFAR-shaped synthetic images (3x32x32, 10 per class), a ConvNet pool model (random
+Setup: |S| = 100 CIFAR-shaped synthetic images (3x32x32, 10 per class; --syn_images), a ConvNet pool model (random
 weights, saved to a temporary pretrained_model tree and loaded through build_clom_loss), a random
 CIFAR-shaped real set (50000 images by default), alpha = 1.
 
@@ -12,6 +12,7 @@ CIFAR-shaped real set (50000 images by default), alpha = 1.
     python benchmarks/bench_clom.py                      # sizes 1024, 8196, 50000
     python benchmarks/bench_clom.py --quick              # fewer steps; a 10000-image real set
     python benchmarks/bench_clom.py --sizes 1024,8196 --direct_max 8196 --device cuda
+    python benchmarks/bench_clom.py --device cpu --real 100 --sizes 50,100 --steps 1 --syn_images 10   # tiny
 """
 
 from __future__ import annotations
@@ -36,7 +37,7 @@ from utils.io import POOL_INFO_NAME, pool_checkpoint_path  # noqa: E402
 from utils.pools import InputSpace, load_pool  # noqa: E402
 
 MEAN, STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
-NUM_CLASSES, SYN_SIZE, ARCH, SOURCE, EPOCH = 10, 100, "ConvNet", "CIFAR10", 1
+NUM_CLASSES, ARCH, SOURCE, EPOCH = 10, "ConvNet", "CIFAR10", 1
 REAL_FORWARD_CHUNK = 4096
 
 
@@ -55,6 +56,7 @@ def get_args_parser() -> argparse.ArgumentParser:
         "--direct_max", type=int, default=None, help="skip the direct method above this batch"
     )
     parser.add_argument("--distances", default="cos,ce")
+    parser.add_argument("--syn_images", type=int, default=100, help="synthetic images |S| (a multiple of 10)")
     return parser
 
 
@@ -123,10 +125,10 @@ def main(argv=None) -> None:
     gen = torch.Generator(device="cpu").manual_seed(0)
     real_images = torch.randn(n_real, 3, 32, 32, generator=gen).to(device)
     real_labels = (torch.arange(n_real) % NUM_CLASSES).to(device)
-    syn = torch.randn(SYN_SIZE, 3, 32, 32, generator=gen).to(device).requires_grad_(True)
-    syn_labels = (torch.arange(SYN_SIZE) % NUM_CLASSES).to(device)
+    syn = torch.randn(args.syn_images, 3, 32, 32, generator=gen).to(device).requires_grad_(True)
+    syn_labels = (torch.arange(args.syn_images) % NUM_CLASSES).to(device)
     print(
-        f"device {device} | threads {torch.get_num_threads()} | real {n_real} x 3x32x32 | |S| {SYN_SIZE} | "
+        f"device {device} | threads {torch.get_num_threads()} | real {n_real} x 3x32x32 | |S| {args.syn_images} | "
         f"pool {ARCH} | timed steps {steps}"
     )
 

@@ -2,6 +2,7 @@
 
     python benchmarks/bench_distributed.py                  # CPU: gloo, threads split between ranks
     python benchmarks/bench_distributed.py --ranks 4 --gpu  # GPUs: NCCL, one card per rank
+    python benchmarks/bench_distributed.py --only DM --iterations 1 --num_eval 0 --threads 1   # tiny (tests)
 
 Runs on the bundled Digits data set, so it needs no download. Each job is a whole command (process start,
 data loading and all), timed once per rank count in a fresh temporary folder.
@@ -36,10 +37,10 @@ def _jobs(args) -> dict[str, tuple[str, list[str]]]:
             *common, "--model", "ConvNet", "--synthesis_data_path", "{res}", "--epochs", str(args.epochs * 10),
             "--save_every", str(args.epochs * 10), "--num_eval", "4", "--normalize_data", "--dsa"]),
         "DM distillation (ipc 10)": ("methods/DC_DSA_DM/main_DM.py", [
-            *common, "--ipc", "10", "--Iteration", str(args.iterations), "--num_eval", "1",
+            *common, "--ipc", "10", "--Iteration", str(args.iterations), "--num_eval", str(args.num_eval),
             "--epoch_eval_train", "1", "--eval_mode", "M", "--save_path", "dm_out", "--batch_real", "64"]),
         "DC distillation (ipc 2)": ("methods/DC_DSA_DM/main.py", [
-            *common, "--method", "DC", "--ipc", "2", "--Iteration", "2", "--num_eval", "1",
+            *common, "--method", "DC", "--ipc", "2", "--Iteration", "2", "--num_eval", str(args.num_eval),
             "--epoch_eval_train", "1", "--eval_mode", "M", "--save_path", "dc_out", "--batch_real", "64"]),
     }
 
@@ -79,6 +80,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--iterations", type=int, default=20)
     parser.add_argument("--only", default=None, help="run only the jobs whose name contains this text")
+    parser.add_argument("--num_eval", type=int, default=1,
+                        help="networks per architecture in the distillations' final evaluation (0: none)")
     args = parser.parse_args()
     print(f"{'job':34s} {'1 rank':>9s} {f'{args.ranks} ranks':>9s} {'speed-up':>9s}")
     for name, (script, argv) in _jobs(args).items():

@@ -20,15 +20,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from methods.DC_DSA_DM import distribution_matching as dm  # noqa: E402
-from networks import build_network  # noqa: E402
-from utils import fast  # noqa: E402
-from utils.seeding import make_generator  # noqa: E402
+# The project's modules are imported once CUDA is known to be there (main): without it the script ends at once.
 
 MODES = ("eager", "default", "reduce-overhead")
 
 
 def time_mode(mode: str, nets, real, syn, repeats: int, device) -> tuple[float, float]:
+    from methods.DC_DSA_DM import distribution_matching as dm
+
     compiled = mode != "eager"
     if compiled:
         dm.COMPILE_MODE = mode
@@ -51,7 +50,7 @@ def time_mode(mode: str, nets, real, syn, repeats: int, device) -> tuple[float, 
     return statistics.median(times), first_loss
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--batch_real", type=int, default=256)
@@ -59,6 +58,13 @@ def main() -> None:
     parser.add_argument("--ipcs", default="10,50")
     args = parser.parse_args()
     device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        sys.stderr.write("error: bench_dm_modes.py needs CUDA (--device cpu for a smoke run)\n")
+        return 2
+    from networks import build_network
+    from utils import fast
+    from utils.seeding import make_generator
+
     torch.backends.cudnn.benchmark = device.type == "cuda"
     torch.manual_seed(0)
     nets = [build_network("ConvNet", 3, 10, (32, 32)).to(device).requires_grad_(False) for _ in range(4)]
@@ -78,7 +84,8 @@ def main() -> None:
         diffs = ", ".join(f"{abs(results[m][1] - eager_loss) / abs(eager_loss):.1e}" for m in MODES[1:])
         cells = " | ".join(f"{1000 * results[m][0]:.2f} ms" for m in MODES)
         print(f"| {ipc} | {cells} | {eager_s / best:.2f}x | {diffs} |", flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -7,9 +7,11 @@
 
     python benchmarks/bench_eval.py --device cuda --nets 20 --epochs 300
     python benchmarks/bench_eval.py --nets 2 --epochs 20            # CPU
+    python benchmarks/bench_eval.py --nets 1 --epochs 1 --ipc 1 --test_images 10   # tiny (tests)
 
-Data: CIFAR-shaped random images (10 classes x --ipc synthetic, 1000 test). Prints seconds per path and ratios;
-the first (warm-up) run of each path is one epoch and untimed (compiling happens there).
+Data: CIFAR-shaped random images (10 classes x --ipc synthetic, --test_images test, 1000 by default). Prints
+seconds per path and ratios; the first (warm-up) run of each path is one epoch and untimed (compiling happens
+there).
 """
 
 from __future__ import annotations
@@ -58,6 +60,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=300)
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--precision", choices=PRECISIONS, default=None, help="as validate.py's --precision")
+    parser.add_argument("--test_images", type=int, default=1000, help="random test images the networks are tested on")
     args = parser.parse_args()
     device = torch.device(args.device)
     runtime = make_runtime(device, precision=args.precision)
@@ -66,15 +69,16 @@ def main() -> None:
     gen = torch.Generator().manual_seed(0)
     n = 10 * args.ipc
     train = TensorSource(torch.randn(n, 3, 32, 32, generator=gen).to(device), (torch.arange(n) % 10).to(device), 10)
-    test = TensorSource(torch.randn(1000, 3, 32, 32, generator=gen).to(device),
-                        torch.randint(0, 10, (1000,), generator=gen).to(device), 10)
+    test = TensorSource(torch.randn(args.test_images, 3, 32, 32, generator=gen).to(device),
+                        torch.randint(0, 10, (args.test_images,), generator=gen).to(device), 10)
     paths = {**PATHS, "default": dict(stack=None, compiled=runtime.fast)}
     seconds = {}
     for name, path in paths.items():
         with runtime.autocast():
             run(path, args, train, test, device, epochs=1)  # warm-up: allocator, cuDNN autotuning, compiling
             seconds[name] = run(path, args, train, test, device, args.epochs)
-    print(f"device {device} | {args.nets} ConvNets x {args.epochs} epochs with DSA on {n} images 3x32x32 | "
+    print(f"device {device} | {args.nets} ConvNets x {args.epochs} epochs with DSA on {n} images 3x32x32, "
+          f"tested on {args.test_images} | "
           f"precision {runtime.precision} | threads {torch.get_num_threads()}")
     base = seconds["one by one"]
     for name, value in seconds.items():

@@ -7,6 +7,7 @@ step) + 9 inner loops of 50 training steps on the synthetic set; each part is co
 
     python benchmarks/count_ops.py                 # DC ipc 10, batch_real 8
     python benchmarks/count_ops.py --method DSA
+    python benchmarks/count_ops.py --ipc 2 --batch_real 1 --model ConvNetD1   # tiny (tests)
 
 Paths: the paper's per-class loop (2C autograd.grad calls), ours class-batched (vmap), ours one class at a time
 (the CPU default). The inner step is counted eager; the compiled step replaces it on CUDA with one CUDA-graph
@@ -43,10 +44,11 @@ def main() -> None:
     parser.add_argument("--method", default="DC", choices=("DC", "DSA"))
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--batch_real", type=int, default=8)
+    parser.add_argument("--model", default="ConvNet", help="the network (a smaller one counts faster)")
     args = parser.parse_args()
     device = torch.device("cpu")
     torch.manual_seed(0)
-    model = build_network("ConvNet", 3, 10, (32, 32))
+    model = build_network(args.model, 3, 10, (32, 32))
     gen = make_generator(1)
     real = torch.randn(10, args.batch_real, 3, 32, 32, generator=gen)
     syn = torch.randn(10, args.ipc, 3, 32, 32, generator=gen, requires_grad=True)
@@ -55,8 +57,8 @@ def main() -> None:
     schedule = Schedule(epochs=1, batch_size=256, lr=0.01, momentum=0.0, weight_decay=0.0)
     inner_step = count(lambda: train_models([model], TensorSource(syn.detach().flatten(0, 1), labels, 10), schedule,
                                             [make_generator(0)]))
-    print(f"{args.method} ipc {args.ipc}: {outer} outer steps + {outer - 1} x {inner} inner steps; ConvNet 3x32x32, "
-          f"10 classes; aten ops, top-level and nested; one inner step: {inner_step}")
+    print(f"{args.method} ipc {args.ipc}: {outer} outer steps + {outer - 1} x {inner} inner steps; {args.model} "
+          f"3x32x32, 10 classes; aten ops, top-level and nested; one inner step: {inner_step}")
     for name, how in (("paper loop", None), ("ours, class-batched", MatchingExecution(batched=True)),
                       ("ours, one class at a time", MatchingExecution(batched=False))):
         step = make_step(args.method, how, model, real, syn, device)

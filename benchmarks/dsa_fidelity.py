@@ -4,9 +4,12 @@ CIFAR-format copy of Digits; run it once with the code before a change and once 
     python benchmarks/dsa_fidelity.py --code /path/to/old/checkout --out runs/before
     python benchmarks/dsa_fidelity.py --out runs/after                       # this checkout
     python benchmarks/dsa_fidelity.py --summarize runs/before runs/after
+    python benchmarks/dsa_fidelity.py --out runs/tiny --datasets Digits --methods DM,DSA --seeds 0 \
+        --dm_iterations 1 --dsa_iterations 1 --num_eval 1 --eval_epochs 2 --gpu cpu   # tiny (tests)
 
 --code picks the checkout whose main.py / main_DM.py distil; every set is evaluated by THIS checkout's
-validate.py (5 ConvNets x 300 epochs with DSA, seed 0), so both variants share one evaluator.
+validate.py (5 ConvNets x 300 epochs with DSA, seed 0; --num_eval, --eval_epochs), so both variants share one
+evaluator.
 
 The CIFAR-format copy ("CIFARDigits") is written as real CIFAR-10 pickles under --out: the fixed Digits split
 (train 1198 / test 599) upsampled to 32x32 (bilinear), grey copied to RGB, enlarged to 5000 train / 1000 test
@@ -94,6 +97,7 @@ def cifar_digits_folder(args) -> Path:
 
 
 def run(args) -> None:
+    args.out = args.out.resolve()  # the distillations run inside it: a relative --out would nest
     args.out.mkdir(parents=True, exist_ok=True)
     if "CIFARDigits" in args.datasets:
         write_cifar_digits(cifar_digits_folder(args))
@@ -112,8 +116,9 @@ def run(args) -> None:
         dataset = argv[argv.index("--dataset") + 1:argv.index("--dataset") + 2]
         data_path = argv[argv.index("--data_path"):argv.index("--data_path") + 2] if "--data_path" in argv else []
         subprocess.run([sys.executable, str(ROOT / "validate.py"), "--dataset", *dataset, *data_path, "--model",
-                        "ConvNet", "--normalize_data", "--dsa", "--epochs", "300", "--save_every", "300",
-                        "--lr_decay_step", "150", "--num_eval", str(args.num_eval), "--random_seed", "0", "--gpu",
+                        "ConvNet", "--normalize_data", "--dsa", "--epochs", str(args.eval_epochs), "--save_every",
+                        str(args.eval_epochs), "--lr_decay_step", str(max(1, args.eval_epochs // 2)), "--num_eval",
+                        str(args.num_eval), "--random_seed", "0", "--gpu",
                         args.gpu, *(["--eager"] if args.eager_eval else []), *args.eval_extra.split(),
                         "--synthesis_data_path",
                         str(synthetic_set), "--result_json", str(args.out / f"{name}.validate.json")],
@@ -149,6 +154,7 @@ def main() -> None:
     parser.add_argument("--dm_iterations", type=int, default=500)
     parser.add_argument("--dsa_iterations", type=int, default=20)
     parser.add_argument("--num_eval", type=int, default=5)
+    parser.add_argument("--eval_epochs", type=int, default=300, help="validate.py's epochs (its lr decays at half)")
     parser.add_argument("--gpu", default="0")
     parser.add_argument("--cifar_digits", type=Path, default=None,
                         help="folder of the CIFAR-format Digits copy (default <out>/cifar_digits; written if absent)")

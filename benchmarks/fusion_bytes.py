@@ -1,6 +1,7 @@
 """What the fused kernels save: FLOPs, kernels and bytes moved per step, eager vs inductor-fused, on the CPU.
 
     python benchmarks/fusion_bytes.py            # ConvNet 3x32x32; inner step on 100 images, real side 10 x 256
+    python benchmarks/fusion_bytes.py --model MLP --steps inner --syn_images 2   # tiny (tests): one compile
 
 Two fixed-shape steps of a DC ipc-10 iteration, each the function the fast path compiles:
   inner step  one SGD step (forward, backward, momentum, update) on the 100 synthetic images (utils/fast.py)
@@ -75,12 +76,18 @@ def measure(fn, args, flop_fn=None) -> dict:
     torch._dynamo.reset()
     inductor_metrics.reset()
     torch._logging.set_logs(inductor_metrics=True)  # inductor counts bytes only while this log is on
-    torch_logger = logging.getLogger("torch")
-    handlers, torch_logger.handlers = torch_logger.handlers, []  # keep its per-node dump off the screen
+    # keep its per-node dump off the screen: set_logs gives "torch" and each registered child ("torch._inductor",
+    # ...) a handler of its own, so every torch logger is silenced while inductor compiles
+    loggers = [logging.getLogger(name) for name in list(logging.root.manager.loggerDict)
+               if name == "torch" or name.startswith("torch.")]
+    handlers = [(logger, logger.handlers) for logger in loggers]
+    for logger in loggers:
+        logger.handlers = []
     try:
         torch.compile(fn, dynamic=False)(*args)
     finally:
-        torch_logger.handlers = handlers
+        for logger, saved in handlers:
+            logger.handlers = saved
         torch._logging.set_logs()
     return {"gflop": counter.get_total_flops() / 1e9, "eager_ops": ops, "eager_mb": eager_bytes / 1e6,
             "fused_kernels": inductor_metrics.generated_kernel_count,
@@ -119,14 +126,21 @@ def main() -> None:
     parser.add_argument("--model", default="ConvNet")
     parser.add_argument("--syn_images", type=int, default=100)
     parser.add_argument("--batch_real", type=int, default=256)
+    parser.add_argument("--steps", default="inner,real", help="which steps to measure: inner, real or both")
     args = parser.parse_args()
+    chosen = [step.strip() for step in args.steps.split(",") if step.strip()]
+    if not chosen or set(chosen) - {"inner", "real"}:
+        parser.error(f"--steps takes inner, real or both, got {args.steps!r}")
     torch.manual_seed(0)
     model = build_network(args.model, 3, 10, (32, 32))
     print(f"{args.model} 3x32x32, 10 classes; per step; MB = 1e6 bytes")
     print("| step | GFLOP | eager aten ops | eager MB moved | fused kernels | fused MB moved | bytes saved |")
     print("|---|---|---|---|---|---|---|")
-    steps = {f"inner SGD step, {args.syn_images} images": inner_step(model, args.syn_images),
-             f"real side, 10 x {args.batch_real} images": real_side(model, args.batch_real)}
+    steps = {}
+    if "inner" in chosen:
+        steps[f"inner SGD step, {args.syn_images} images"] = inner_step(model, args.syn_images)
+    if "real" in chosen:
+        steps[f"real side, 10 x {args.batch_real} images"] = real_side(model, args.batch_real)
     for name, (fn, fn_args, flop_fn) in steps.items():
         r = measure(fn, fn_args, flop_fn)
         print(f"| {name} | {r['gflop']:.1f} | {r['eager_ops']} | {r['eager_mb']:.0f} | {r['fused_kernels']} | "

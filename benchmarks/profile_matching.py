@@ -23,14 +23,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from methods.DC_DSA_DM.gradient_matching import (  # noqa: E402
-    gradient_matching_loss,
-    match_distance,
-    per_class_gradients,
-)
-from methods.DC_DSA_DM.synset import class_labels  # noqa: E402
-from methods.reference import gradient_matching_loss_loop  # noqa: E402
-from networks import build_network  # noqa: E402
+# The project's modules are imported once CUDA is known to be there (main): without it the script ends at once.
 
 
 def cuda_time(fn, warmup: int, repeats: int) -> float:
@@ -57,7 +50,7 @@ def channels_last_5d(x: torch.Tensor) -> torch.Tensor:
     return x.permute(0, 1, 3, 4, 2).contiguous().permute(0, 1, 4, 2, 3)
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ipc", type=int, default=10)
     parser.add_argument("--batch_real", type=int, default=256)
@@ -68,7 +61,13 @@ def main() -> None:
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
-        sys.exit("error: no CUDA device (--device cpu for a smoke run)")
+        sys.stderr.write("error: profile_matching.py needs CUDA (--device cpu for a smoke run)\n")
+        return 2
+    from methods.DC_DSA_DM.gradient_matching import gradient_matching_loss, match_distance, per_class_gradients
+    from methods.DC_DSA_DM.synset import class_labels
+    from methods.reference import gradient_matching_loss_loop
+    from networks import build_network
+
     torch.manual_seed(0)
     C = 10
     model = build_network(args.model, 3, C, (32, 32)).to(device)
@@ -141,7 +140,8 @@ def main() -> None:
                 step_batched()
             torch.cuda.synchronize()
         print(prof.key_averages().table(sort_by="self_cuda_time_total", row_limit=18, max_name_column_width=70))
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())
