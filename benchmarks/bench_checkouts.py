@@ -8,6 +8,7 @@ between iteration starts after --warmup (compiling) is its time, the median over
 
     git worktree add ../before 8a3e816
     python benchmarks/bench_checkouts.py --before ../before --cases DM10,DC1 --rounds 2
+    python benchmarks/bench_checkouts.py --before ../before --digits --length 100 --iterations 20   # small, eager
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ def get_args_parser() -> argparse.ArgumentParser:
     parser.add_argument("--warmup", type=int, default=2, help="intervals left out of the median (compiling)")
     parser.add_argument("--rounds", type=int, default=1, help="before/after pairs per case (alternating)")
     parser.add_argument("--length", type=int, default=None, help="the runs' --Iteration (default: the paper's)")
+    parser.add_argument("--digits", action="store_true", help="the bundled Digits (8x8) instead of CIFAR-format data")
     parser.add_argument("--work", type=Path, default=None, help="folder for the data and the runs")
     parser.add_argument("--child", type=Path, help=argparse.SUPPRESS)  # the checkout a child process runs
     parser.add_argument("--case", help=argparse.SUPPRESS)
@@ -46,19 +48,19 @@ def get_args_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def flags_of(case: str, data: str, length: int | None) -> tuple[str, list[str]]:
+def flags_of(case: str, data: str, length: int | None, digits: bool) -> tuple[str, list[str]]:
     sys.path.insert(0, str(HERE / "benchmarks"))
     from bench_paper import CASES
 
     script, flags = CASES[case]
     length = length or (20000 if script == "main_DM.py" else 1000)
-    return script, [*flags, "--dataset", "CIFAR10", "--data_path", data, "--Iteration", str(length), "--num_eval", "0",
-                    "--save_path", "runs"]
+    dataset = ["--dataset", "Digits"] if digits else ["--dataset", "CIFAR10", "--data_path", data]
+    return script, [*flags, *dataset, "--Iteration", str(length), "--num_eval", "0", "--save_path", "runs"]
 
 
 def child(args) -> None:
     """One run of the checkout args.child, in this process: the start time of every iteration to --times."""
-    script, flags = flags_of(args.case, args.data, args.length)
+    script, flags = flags_of(args.case, args.data, args.length, args.digits)
     root = args.child.resolve()
     sys.path[:0] = [str(root)]
     import torch
@@ -97,7 +99,7 @@ def run_child(args, root: Path, case: str, data: Path, folder: Path) -> float:
     times = folder / "times.json"
     command = [sys.executable, str(Path(__file__).resolve()), "--before", str(args.before), "--child", str(root),
                "--case", case, "--data", str(data), "--times", str(times), "--iterations", str(args.iterations),
-               *(["--length", str(args.length)] if args.length else [])]
+               *(["--length", str(args.length)] if args.length else []), *(["--digits"] if args.digits else [])]
     with open(folder / "log.txt", "w") as log:
         done = subprocess.run(command, cwd=folder, stdout=log, stderr=subprocess.STDOUT)
     if done.returncode != 0:
@@ -111,13 +113,15 @@ def main() -> int:
     if args.child:
         child(args)
         return 0
+    if args.digits and any("+" in case for case in args.cases.split(",")):
+        sys.exit("bench_checkouts.py: the CLoM cases need the CIFAR-format data (their pool is a CIFAR-100 ConvNet)")
     if args.iterations < args.warmup + 2:
         sys.exit("bench_checkouts.py: --iterations must be at least --warmup + 2")
     sys.path.insert(0, str(HERE / "benchmarks"))
     from dsa_fidelity import write_cifar_digits
 
     work = args.work or Path(tempfile.mkdtemp(prefix="bench_checkouts_"))
-    data = write_cifar_digits(work / "cifar_digits")
+    data = "" if args.digits else write_cifar_digits(work / "cifar_digits")
     import torch
 
     commits = {}
@@ -126,7 +130,8 @@ def main() -> int:
         commits[name] = rev.stdout.strip() or "?"
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"CPU ({torch.get_num_threads()} threads)"
     print(f"device: {device}; torch {torch.__version__}; before {commits['before']}, after {commits['after']} (+ "
-          f"its uncommitted changes); {args.iterations} iterations per run, median after {args.warmup}")
+          f"its uncommitted changes); {'Digits' if args.digits else 'CIFAR-format data'}; {args.iterations} iterations "
+          f"per run, median after {args.warmup}")
     print("| case | before s/it | after s/it | before / after |\n|---|---|---|---|")
     for case in args.cases.split(","):
         times: dict[str, list[float]] = {"before": [], "after": []}
