@@ -1,7 +1,8 @@
 """The README's commands as the README writes them, run on tiny CIFAR-format data sets in a temp dir.
 
 The commands are read from README.md's ```bash blocks: the pool training, the two CLoM distillations (ce,
-cos), the validation and the DM command. Only flags that shorten a run are appended (argparse keeps the last
+cos), the validation, the DM command and MTT's two (buffer, distill with CLoM).
+Only flags that shorten a run are appended (argparse keeps the last
 value): fewer epochs and iterations, ipc 1, one evaluation network, the pool epoch that exists. An edited
 README command is therefore run as edited, and one that does not run fails here.
 """
@@ -18,6 +19,8 @@ import train_original_models
 import validate
 from methods.DC_DSA_DM import main as dc_main
 from methods.DC_DSA_DM import main_DM as dm_main
+from methods.MTT import buffer as mtt_buffer
+from methods.MTT import distill as mtt_distill
 from utils.cli import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +45,8 @@ def readme_commands(text: str) -> dict[str, str]:
         "cos": lambda c: c.startswith("python methods/DC_DSA_DM/main.py ") and "--CLoM_distance cos " in c,
         "validate": lambda c: c.startswith("python validate.py "),
         "dm": lambda c: c.startswith("python methods/DC_DSA_DM/main_DM.py "),
+        "buffer": lambda c: c.startswith("python methods/MTT/buffer.py "),
+        "mtt": lambda c: c.startswith("python methods/MTT/distill.py "),
     }
     found = {}
     for line in bash_lines(text):
@@ -111,6 +116,28 @@ def test_readme_pipeline(workdir, monkeypatch):
     assert "(optimistic: chosen on the test set; report the final one)" in log
 
 
+def test_readme_mtt_commands(workdir, monkeypatch):
+    """MTT's buffer then distill with CLoM (the experts as the pool), as written, shortened: 2 experts x 2 epochs,
+    ipc 1, 2 student steps, 2 iterations, no evaluation."""
+    monkeypatch.chdir(workdir)
+    shorter = ["--num_experts", "2", "--train_epochs", "2", "--save_interval", "2", "--batch_train", "16",
+               "--no_download", "--random_seed", "0"]
+    assert run_cli(mtt_buffer.main, command(COMMANDS["buffer"], *shorter)) == 0
+    assert Path("buffers/CIFAR10/ConvNet/replay_buffer_0.pt").exists()
+    experts = torch.load("buffers/CIFAR10/ConvNet/replay_buffer_0.pt", weights_only=True)
+    assert len(experts) == 2 and len(experts[0]) == 3  # MTT's layout: experts x (epochs + 1) x parameters
+    result = []
+    short = ["--ipc", "1", "--syn_steps", "2", "--expert_epochs", "1", "--max_start_epoch", "1", "--Iteration", "2",
+             "--num_eval", "0", "--CLoM_experts", "2", "--no_download", "--random_seed", "0"]
+    assert run_cli(lambda argv: result.append(mtt_distill.main(argv)), command(COMMANDS["mtt"], *short)) == 0
+    path = Path(result[0])
+    assert path.parts[:4] == ("condensed", "CIFAR10", "MTT", "IPC1") and "cos_distance" in path.parts
+    content = torch.load(path, weights_only=True)
+    images, labels = content["data"][-1]
+    assert images.shape == (10, 3, 32, 32) and torch.isfinite(images).all() and torch.equal(labels, torch.arange(10))
+    assert len(content["syn_lr"]) == 1 and content["syn_lr"][0] > 0
+
+
 # The paper's README, verbatim (its double space included): the README says its first four commands are these.
 PAPER = {
     "train": "python train_original_models.py --normalize_data --dataset CIFAR10 --model ConvNet --num 10",
@@ -142,16 +169,24 @@ def test_readme_commands_are_the_papers():
     assert (check.dataset, check.model, check.method, check.ipc) == ("CIFAR10", "ConvNet", "DC", 10)
     dm = dm_main.get_args_parser().parse_args(command(COMMANDS["dm"]))
     assert (dm.method, dm.dataset, dm.ipc, dm.Iteration, dm.init) == ("DM", "CIFAR10", 50, 20000, "real")
+    buffer = mtt_buffer.get_args_parser().parse_args(command(COMMANDS["buffer"]))
+    assert (buffer.dataset, buffer.model, buffer.train_epochs, buffer.num_experts, buffer.zca) == (
+        "CIFAR10", "ConvNet", 50, 100, True)
+    mtt = mtt_distill.get_args_parser().parse_args(command(COMMANDS["mtt"]))
+    assert (mtt.ipc, mtt.syn_steps, mtt.expert_epochs, mtt.max_start_epoch, mtt.lr_img, mtt.CLoM) == (
+        10, 30, 2, 20, 1000, True)
 
 
 def test_the_readme_commands_are_found_as_written():
     text = "```bash\npython validate.py --dsa   # a comment\npython train_original_models.py --num 3\n```\n" \
            "```bash\npython methods/DC_DSA_DM/main.py --CLoM_distance cos --x\n" \
-           "python methods/DC_DSA_DM/main.py --CLoM_distance ce --y\npython methods/DC_DSA_DM/main_DM.py --ipc 5\n```\n"
+           "python methods/DC_DSA_DM/main.py --CLoM_distance ce --y\npython methods/DC_DSA_DM/main_DM.py --ipc 5\n" \
+           "python methods/MTT/buffer.py --zca\npython methods/MTT/distill.py --ipc 1\n```\n"
     found = readme_commands(text)
     assert found == {"validate": "python validate.py --dsa", "train": "python train_original_models.py --num 3",
                      "cos": "python methods/DC_DSA_DM/main.py --CLoM_distance cos --x",
                      "ce": "python methods/DC_DSA_DM/main.py --CLoM_distance ce --y",
-                     "dm": "python methods/DC_DSA_DM/main_DM.py --ipc 5"}
+                     "dm": "python methods/DC_DSA_DM/main_DM.py --ipc 5",
+                     "buffer": "python methods/MTT/buffer.py --zca", "mtt": "python methods/MTT/distill.py --ipc 1"}
     with pytest.raises(AssertionError, match="dm"):
         readme_commands(text.replace("main_DM.py", "other.py"))
