@@ -120,6 +120,9 @@ def test_init_swap_starts_both_tools_from_one_runs_images(fidelity):
     start = out / "start_seed0/original_method"  # our run of seed 0 stopped before its first update
     assert "--start" in (out / "start0_paper_repeat0.log").read_text().splitlines()[0]
     assert "--child-start" in (out / "start0_ours_seed1.log").read_text().splitlines()[0] and start.exists()
-    [row] = table_rows(printed)
+    row, mean = table_rows(printed)
     ours = [f"{s}: {100 * np.mean(records[f'start0_ours_seed{s}.json']['final']):.2f}" for s in (0, 1)]
-    assert row == ["our seed 0", ", ".join(ours), f"{100 * np.mean(records['start0_paper_repeat0.json']['final']):.2f}"]
+    paper = f"{100 * np.mean(records['start0_paper_repeat0.json']['final']):.2f}"
+    assert row == ["our seed 0", ", ".join(ours), paper]
+    # the paired mean takes our ordinary run (draws of seed 0), not the swapped draws of seed 1
+    assert mean == ["mean over the starts", f"{ours[0][3:]} ± 0.00 (draws of the start's seed)", f"{paper} ± 0.00"]
