@@ -88,15 +88,14 @@ def table(folder: Path) -> str:
         ours = ", ".join(f"{r['seed']}: {100 * np.mean(r['final']):.2f}" for r in mine if r["tool"] == "ours")
         paper = ", ".join(f"{100 * np.mean(r['final']):.2f}" for r in mine if r["tool"] == "paper")
         lines.append(f"| our seed {start} | {ours or '–'} | {paper or '–'} |")
-    # Paired over the starting sets: our ordinary runs (draws of the start's own seed) against the paper's code
-    # from the same images; the mean of each start's paper repeats first, so every start weighs the same.
-    starts = sorted({r["start_seed"] for r in records}, key=int)
-    ours = [100 * np.mean(r["final"]) for r in records if r["tool"] == "ours" and r["seed"] == r["start_seed"]]
-    paper = [np.mean([100 * np.mean(r["final"]) for r in records if r["tool"] == "paper" and r["start_seed"] == s])
-             for s in starts if any(r["tool"] == "paper" and r["start_seed"] == s for r in records)]
-    if ours and paper:
-        lines.append(f"| mean over the starts | {np.mean(ours):.2f} ± {np.std(ours):.2f} (draws of the start's seed) "
-                     f"| {np.mean(paper):.2f} ± {np.std(paper):.2f} |")
+    # Paired by starting set: for each start, the mean of our runs (whatever their draws) and of the paper code's
+    # repeats; then the mean and std over the starts, so that every start weighs the same in both columns.
+    means = {tool: [np.mean([100 * np.mean(r["final"]) for r in records if r["tool"] == tool and r["start_seed"] == s])
+                    for s in starts if any(r["tool"] == tool and r["start_seed"] == s for r in records)]
+             for tool in ("ours", "paper") for starts in [sorted({r["start_seed"] for r in records}, key=int)]}
+    if means["ours"] and len(means["ours"]) == len(means["paper"]):
+        lines.append(f"| mean over the starts | {np.mean(means['ours']):.2f} ± {np.std(means['ours']):.2f} "
+                     f"| {np.mean(means['paper']):.2f} ± {np.std(means['paper']):.2f} |")
     return "\n".join(lines)
 
 
