@@ -1,4 +1,4 @@
-"""Quickstart: the paper's pipeline on the bundled Digits data set, offline, in a few minutes on 2 CPU cores.
+"""Quickstart: the paper's pipeline on the bundled Digits data set, offline, in under 2 minutes on 2 CPU cores.
 
     python quickstart.py            # the short tour: DC, ipc 1, without and with CLoM
     python quickstart.py --full     # longer: a bigger pool, more iterations, more and longer evaluations
