@@ -186,3 +186,12 @@ def sample_class(split: ImageSet, c: int, n: int, generator: torch.Generator) ->
     indices = torch.nonzero(split.labels == c).flatten()
     order = torch.randperm(len(indices), generator=generator, device=generator.device).to(split.device)
     return split.images(indices[order[:n]])
+
+
+def table_rows(text: str, header: bool = True) -> list[list[str]]:
+    """The cells of every Markdown table row in `text`, without the rules (and without the header row when
+    `header` is False: a benchmark's single table then gives its data rows only)."""
+    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in text.splitlines()
+            if line.startswith("|")]
+    rows = [row for row in rows if not all(set(cell) <= set("-:") for cell in row)]
+    return rows if header else rows[1:]

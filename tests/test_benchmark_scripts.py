@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import table_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "benchmarks"
@@ -32,13 +33,6 @@ def run(script: str, *argv: str, cwd: Path, env: dict | None = None, status: int
                           text=True, timeout=900)
     assert proc.returncode == status, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout, proc.stderr
-
-
-def table_rows(text: str) -> list[list[str]]:
-    """The cells of every Markdown table row printed, without header rows and rules."""
-    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in text.splitlines()
-            if line.startswith("|")]
-    return [row for row in rows if not all(set(cell) <= set("-:") for cell in row)]
 
 
 def bounds(printed: str) -> tuple[float, float]:

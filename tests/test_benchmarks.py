@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import table_rows as markdown_rows
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKE_PAPER = ROOT / "tests/fake_paper_code"
@@ -28,9 +29,7 @@ def run(*argv: str, cwd: Path, env: dict | None = None) -> str:
 
 
 def table_rows(text: str) -> list[list[str]]:
-    rows = [[cell.strip() for cell in line.strip().strip("|").split("|")] for line in text.splitlines()
-            if line.startswith("|")]
-    return [row for row in rows[1:] if set(row) != {"---"}]  # without the header and the rule
+    return markdown_rows(text, header=False)
 
 
 TINY = ["--seeds", "0", "--budgets", "Digits:DC=1,DSA=1,DM=2", "--num_eval", "2", "--eval_epochs", "2",
