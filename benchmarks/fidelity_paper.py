@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -154,6 +155,7 @@ def distill(args, prepared: dict, dataset: str, cell: str, tool: str, seed: str)
     for extra in args.extra.split(";") if args.extra else []:
         common += extra.split()
     log = args.out / f"{folder.name}.log"
+    shutil.rmtree(folder, ignore_errors=True)  # this benchmark's own folder: what a stopped earlier attempt left
     if tool == "paper":
         cmd = [sys.executable, str(ROOT / "benchmarks/paper_code.py"), "--paper-code", str(args.paper_code),
                "--data", str(data["paper_data"]), "--seed", seed, script, "--dataset", name,
@@ -349,9 +351,16 @@ def run_benchmark(args) -> dict:
     todo = jobs(args)
     print(f"{len(todo)} runs, {args.jobs} at a time; budgets {args.budgets}; evaluation {args.num_eval} ConvNets x "
           f"{args.eval_epochs} epochs with DSA", flush=True)
+    failed = 0
     with ThreadPoolExecutor(args.jobs) as workers:
         for future in [workers.submit(one_job, args, prepared, job) for job in todo]:
-            future.result()
+            try:
+                future.result()
+            except RuntimeError as err:  # one run failed: say which, finish the others
+                print(f"{Path(sys.argv[0]).name}: {err}", file=sys.stderr, flush=True)
+                failed += 1
+    if failed:
+        sys.exit(f"{Path(sys.argv[0]).name}: {failed} run(s) failed (above); the same command reruns only them")
     return collect([args.out])
 
 
