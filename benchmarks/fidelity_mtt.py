@@ -59,11 +59,11 @@ def buffer_jobs(args, name: str) -> list[tuple[str, list[str], Path]]:
     out = args.out.resolve()
     ours = [sys.executable, str(ROOT / "methods/MTT/buffer.py"), *flags, f"--buffer_path={out / 'buffers_ours'}",
             "--random_seed=0", "--resume"]
-    theirs = [sys.executable, str(ROOT / "benchmarks/mtt_code.py"), "--mtt-code", str(args.mtt_code.resolve()),
-              "--seed", "0", *(["--data", str(digits_tensors(args))] if name == "Digits" else []), "buffer.py", *flags,
-              f"--buffer_path={out / 'buffers_mtt'}"]
     jobs = [(f"{name}_buffer_ours", ours, out / f"{name}_buffer_ours.log")]
     if args.buffers == "own":
+        theirs = [sys.executable, str(ROOT / "benchmarks/mtt_code.py"), "--mtt-code", str(args.mtt_code.resolve()),
+                  "--seed", "0", *(["--data", str(digits_tensors(args))] if name == "Digits" else []), "buffer.py",
+                  *flags, f"--buffer_path={out / 'buffers_mtt'}"]
         jobs.append((f"{name}_buffer_mtt", theirs, out / f"{name}_buffer_mtt.log"))
     return jobs
 
@@ -103,7 +103,7 @@ def run_jobs(args, name: str) -> list[tuple[str, list[str], Path, Path]]:
                             str(args.alphas[distance]), "--CLoM_batch_size", "0"] if distance else []
                     command = [sys.executable, str(ROOT / "methods/MTT/distill.py"), *flags,
                                f"--buffer_path={out / 'buffers_ours'}", f"--random_seed={seed}",
-                               f"--save_path={folder}", *clom]
+                               f"--save_path={folder}", "--resume", *clom]  # a stopped run continues
                 jobs.append((run, command, folder, result))
     return jobs
 
@@ -188,8 +188,8 @@ def main(argv=None) -> None:
     if args.summarize:
         print_table(args.summarize)
         return
-    if args.mtt_code is None:
-        parser.error("--mtt-code is required")
+    if args.mtt_code is None and ("mtt" in args.cells or args.buffers == "own"):
+        parser.error("--mtt-code is required for the cell mtt and for --buffers own")
     args.alphas = {"cos": args.alpha_cos, "ce_plain": args.alpha_ce_plain}
     prepare(args)
     for name in args.datasets:

@@ -133,3 +133,23 @@ def test_init_swap_starts_both_tools_from_one_runs_images(fidelity):
     # paired by start: the mean of our two runs from start 0 against the paper code's repeat from it
     ours_mean = np.mean([100 * np.mean(records[f"start0_ours_seed{s}.json"]["final"]) for s in (0, 1)])
     assert mean == ["mean over the starts", f"{ours_mean:.2f} ± 0.00", f"{paper} ± 0.00"]
+
+
+def test_fidelity_mtt_runs_our_cells_and_its_table_reads_validates_reports(tmp_path):
+    """fidelity_mtt.py at tiny size, our tool's cells (MTT's code is fetched by a user, never copied here): the
+    buffer, the distillations with and without CLoM, validate.py with the learned lr and IOR, the table."""
+    out = tmp_path / "fidelity_mtt"
+    tiny = ["--out", str(out), "--ipcs", "1", "--cells", "ours", "ours+cos", "--seeds", "0", "--experts", "2",
+            "--expert_train_epochs", "3", "--iterations", "2", "--syn_steps", "2", "--expert_epochs", "1",
+            "--max_start_epoch", "1", "--eval_epochs", "2", "--num_eval", "1"]
+    printed = run(sys.executable, str(ROOT / "benchmarks/fidelity_mtt.py"), *tiny, cwd=tmp_path)
+    rows = {row[2]: row for row in table_rows(printed)}
+    assert set(rows) == {"ours", "ours+cos"}
+    for cell, row in rows.items():
+        report = json.loads(next((out / f"Digits_MTT1_{cell}_seed0").glob("validate_*.json")).read_text())
+        assert row[3] == "1" and row[4] == f"{100 * np.mean(report['final']):.2f} ± 0.00"
+        assert row[5].startswith(("+", "-")) and float(row[6]) > 0  # IOR and the learned lr were read
+    again = run(sys.executable, str(ROOT / "benchmarks/fidelity_mtt.py"), *tiny, cwd=tmp_path)
+    assert "Digits_MTT1_ours_seed0: done before" in again
+    assert table_rows(run(sys.executable, str(ROOT / "benchmarks/fidelity_mtt.py"), "--summarize", str(out),
+                          cwd=tmp_path)) == table_rows(printed)
