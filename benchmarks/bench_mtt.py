@@ -145,8 +145,8 @@ def main(argv=None) -> None:
     if args.table:
         print_table(json.loads((args.out / "bench_mtt.json").read_text()), args)
         return
-    if args.mtt_code is None:
-        parser.error("--mtt-code is required")
+    if args.mtt_code is None and "mtt" in args.tools:
+        parser.error("--mtt-code is required for the tool mtt")
     from dsa_fidelity import write_cifar_digits
 
     out = args.out.resolve()

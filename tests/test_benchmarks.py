@@ -153,3 +153,17 @@ def test_fidelity_mtt_runs_our_cells_and_its_table_reads_validates_reports(tmp_p
     assert "Digits_MTT1_ours_seed0: done before" in again
     assert table_rows(run(sys.executable, str(ROOT / "benchmarks/fidelity_mtt.py"), "--summarize", str(out),
                           cwd=tmp_path)) == table_rows(printed)
+
+
+def test_bench_mtt_times_our_tool_and_its_table_reads_the_timings(tmp_path):
+    """bench_mtt.py at tiny size with our tool only (MTT's code is fetched by a user): the buffer, the timed
+    iterations read back from the run, peak memory, and the table."""
+    out = tmp_path / "bench_mtt"
+    printed = run(sys.executable, str(ROOT / "benchmarks/bench_mtt.py"), "--out", str(out), "--syn_steps", "2",
+                  "--iterations", "1", "--tools", "ours", "--buffer_experts", "1", "--buffer_epochs", "2",
+                  "--ipc", "1", cwd=tmp_path)
+    measured = json.loads((out / "bench_mtt.json").read_text())["ours_steps2"]
+    assert measured["exit_status"] == 0 and not measured["capped"] and measured["peak_rss_gb"] > 0
+    assert measured["s_per_iteration"] > 0 and measured["cpu_s_per_iteration"] > 0
+    (row,) = table_rows(printed)
+    assert row[:2] == ["2", "ours"] and row[3] == f"{measured['cpu_s_per_iteration']:.1f}"
