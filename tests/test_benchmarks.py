@@ -159,6 +159,11 @@ def test_bench_mtt_times_our_tool_and_its_table_reads_the_timings(tmp_path):
     """bench_mtt.py at tiny size with our tool only (MTT's code is fetched by a user): the buffer, the timed
     iterations read back from the run, peak memory, and the table."""
     out = tmp_path / "bench_mtt"
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from dsa_fidelity import write_cifar_digits
+
+    # a smaller copy written first (the benchmark keeps a copy it finds): the same format, 500 training images
+    write_cifar_digits(out / "cifar_digits" / "cifar-10-batches-py", train_size=500, test_size=100)
     printed = run(sys.executable, str(ROOT / "benchmarks/bench_mtt.py"), "--out", str(out), "--syn_steps", "2",
                   "--iterations", "1", "--tools", "ours", "--buffer_experts", "1", "--buffer_epochs", "2",
                   "--ipc", "1", cwd=tmp_path)
