@@ -147,7 +147,7 @@ def distill_experiment(cfg: MttConfig, res: Resources, store: MttRunStore, state
                     final_accs = accs
             if it == cfg.iterations:
                 break
-            loss, start_epoch = iteration(cfg, res, student, image_syn, labels, syn_lr, seed, exp, it)
+            loss, start_epoch = iteration(cfg, res, student, image_syn, labels, syn_lr, (seed, exp, it))
             learned_lr = float(syn_lr.detach())
             if not (math.isfinite(loss) and math.isfinite(learned_lr)):
                 raise NonFiniteLossError(f"the loss became {loss} (syn_lr {learned_lr:.4g}) at iteration {it} of "
@@ -181,9 +181,10 @@ def distill_experiment(cfg: MttConfig, res: Resources, store: MttRunStore, state
 
 
 def iteration(cfg: MttConfig, res: Resources, student: StudentSteps, image_syn: Tensor, labels: Tensor,
-              syn_lr: Tensor, seed: int, exp: int, it: int) -> tuple[float, int]:
-    """One MTT iteration's loss; leaves the gradients in image_syn.grad and syn_lr.grad. Returns (loss, start
-    epoch)."""
+              syn_lr: Tensor, at: tuple[int, int, int]) -> tuple[float, int]:
+    """One MTT iteration's loss at `at` = (run seed, experiment, iteration), which decides all its random draws;
+    leaves the gradients in image_syn.grad and syn_lr.grad. Returns (loss, start epoch)."""
+    seed, exp, it = at
     generator = make_generator(derive_seed(seed, "iteration", exp, it), res.device)
     expert = res.experts.experts[res.experts.expert_for(exp, it)]
     start_epoch = int(torch.randint(cfg.max_start_epoch, (1,), generator=generator, device=res.device))
