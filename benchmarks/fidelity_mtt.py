@@ -58,7 +58,7 @@ def buffer_jobs(args, name: str) -> list[tuple[str, list[str], Path]]:
              f"--save_interval={args.experts}"]
     out = args.out.resolve()
     ours = [sys.executable, str(ROOT / "methods/MTT/buffer.py"), *flags, f"--buffer_path={out / 'buffers_ours'}",
-            "--random_seed=0", "--resume"]
+            "--random_seed=0", "--resume", *eager(args)]
     jobs = [(f"{name}_buffer_ours", ours, out / f"{name}_buffer_ours.log")]
     if args.buffers == "own":
         theirs = [sys.executable, str(ROOT / "benchmarks/mtt_code.py"), "--mtt-code", str(args.mtt_code.resolve()),
@@ -103,7 +103,7 @@ def run_jobs(args, name: str) -> list[tuple[str, list[str], Path, Path]]:
                             str(args.alphas[distance]), "--CLoM_batch_size", "0"] if distance else []
                     command = [sys.executable, str(ROOT / "methods/MTT/distill.py"), *flags,
                                f"--buffer_path={out / 'buffers_ours'}", f"--random_seed={seed}",
-                               f"--save_path={folder}", "--resume", *clom]  # a stopped run continues
+                               f"--save_path={folder}", "--resume", *clom, *eager(args)]  # a stopped run continues
                 jobs.append((run, command, folder, result))
     return jobs
 
@@ -114,7 +114,12 @@ def validate_command(args, name: str, result: Path, report: Path) -> list[str]:
     return [sys.executable, str(ROOT / "validate.py"), *dataset, f"--model={args.model}", "--normalize_data", "--dsa",
             f"--synthesis_data_path={result}", f"--epochs={args.eval_epochs}",
             f"--lr_decay_step={args.eval_epochs // 2}", f"--num_eval={args.num_eval}", "--random_seed=0",
-            "--random_real=1", f"--result_json={report}"]
+            "--random_real=1", f"--result_json={report}", *eager(args)]
+
+
+def eager(args) -> list[str]:
+    """--eager for our scripts when asked: short runs sharing one card would spend longer compiling than running."""
+    return ["--eager"] if args.eager else []
 
 
 def call(command: list[str], log: Path, cwd: Path | None = None) -> int:
@@ -183,6 +188,8 @@ def main(argv=None) -> None:
                         help="shared: both tools distil from the experts of our buffer.py (the distillations compared "
                         "on the same experts); own: each tool from its own buffer.py's")
     parser.add_argument("--jobs", type=int, default=1)
+    parser.add_argument("--eager", action="store_true",
+                        help="our scripts (buffer, distillations, validate.py) without compiled paths")
     parser.add_argument("--summarize", nargs="+", type=Path, default=None, metavar="OUT")
     args = parser.parse_args(argv)
     if args.summarize:

@@ -105,10 +105,16 @@ def prepare(args) -> dict[str, dict]:
         if not (pool / f"{name}_ConvNet_original_epoch{args.pool_epochs}.pth").exists():
             run([sys.executable, str(ROOT / "train_original_models.py"), *ours, "--model", "ConvNet",
                  "--normalize_data", "--num", str(args.pool_size), "--epochs", str(args.pool_epochs),
-                 "--save_every", str(args.pool_epochs), "--random_seed", "0"], args.out,
+                 "--save_every", str(args.pool_epochs), "--random_seed", "0", *eager(args)], args.out,
                 args.out / f"pool_{dataset}.log", threads=os.cpu_count() or 1)
         prepared[dataset] = {"ours": ours, "load": load, "paper_data": paper_data, "name": name}
     return prepared
+
+
+def eager(args) -> list[str]:
+    """--eager for our scripts when asked: many short runs sharing one card would each spend longer compiling than
+    running (the compiled and eager paths give the same sets within the tests' tolerances)."""
+    return ["--eager"] if args.eager else []
 
 
 def run(cmd: list[str], cwd: Path, log: Path, threads: int = 1) -> float:
@@ -162,7 +168,7 @@ def distill(args, prepared: dict, dataset: str, cell: str, tool: str, seed: str)
                "--Iteration", str(budget - 1), *common]
     else:
         cmd = [sys.executable, str(ROOT / script), *data["ours"], "--Iteration", str(budget), "--random_seed", seed,
-               *common]
+               *common, *eager(args)]
     seconds = run(cmd, args.out, log)
     return next(folder.rglob("res_*.pt")), seconds
 
@@ -191,7 +197,7 @@ def evaluate(args, prepared: dict, dataset: str, synthetic_set: Path, name: str)
     run([sys.executable, str(ROOT / "validate.py"), *prepared[dataset]["ours"], "--model", "ConvNet",
          "--normalize_data", "--dsa", "--epochs", str(args.eval_epochs), "--save_every", str(args.eval_epochs),
          "--lr_decay_step", str(args.eval_epochs // 2), "--num_eval", str(args.num_eval), "--random_seed", "0",
-         "--synthesis_data_path", str(synthetic_set), "--result_json", str(report)], args.out,
+         "--synthesis_data_path", str(synthetic_set), "--result_json", str(report), *eager(args)], args.out,
         args.out / f"{name}.log")
     return json.loads(report.read_text())["final"]
 
@@ -329,6 +335,8 @@ def get_args_parser(description: str = __doc__, tools: str = "paper,ours") -> ar
     parser.add_argument("--num_eval", type=int, default=5)
     parser.add_argument("--eval_epochs", type=int, default=300)
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
+    parser.add_argument("--eager", action="store_true",
+                        help="our scripts (pool, distillations, validate.py) without compiled paths")
     parser.add_argument("--no_random_real", action="store_true",
                         help="skip the random real subsets (e.g. another command into the same --out makes them)")
     parser.add_argument("--summarize", type=Path, nargs="+", help="print the table of these --out folders")
