@@ -158,6 +158,7 @@ def main(argv=None) -> None:
     results_file = out / "bench_mtt.json"
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     cap = int(args.memory_cap_gb * 2**30)
+    results["context"] = measuring_context(args)
     for steps in args.syn_steps:
         commands = {}
         for tool in args.tools:
@@ -198,15 +199,25 @@ def main(argv=None) -> None:
     print_table(results, args)
 
 
-def print_table(results: dict, args) -> None:
+def measuring_context(args) -> dict:
+    """Where the timings are taken: the card (its wall time counts) or the CPU (its own CPU time counts)."""
     import torch
 
-    cuda = torch.cuda.is_available()  # then the card's time counts: wall time; on a CPU its own CPU time
-    device = torch.cuda.get_device_name() if cuda else f"CPU, {args.threads} thread(s)"
-    basis = "wall" if cuda else "CPU"
-    print(f"\nCIFAR-format Digits, {args.model}, ipc {args.ipc}, {device}, torch {torch.__version__}")
+    cuda = torch.cuda.is_available()
+    return {"device": torch.cuda.get_device_name() if cuda else f"CPU, {args.threads} thread(s)",
+            "torch": torch.__version__, "cuda": cuda, "memory_cap_gb": args.memory_cap_gb}
+
+
+def print_table(results: dict, args) -> None:
+    """The table of `results`, headed by where they were measured (a table printed on another machine says the
+    measuring one's device and torch)."""
+    context = {**measuring_context(args), **results.get("context", {})}
+    cap = context["memory_cap_gb"]
+    cuda = context["cuda"]  # then the card's time and memory count: wall time and CUDA peak; on a CPU, CPU/RSS
+    basis, memory_basis = ("wall", "CUDA peak") if cuda else ("CPU", "peak RSS")
+    print(f"\nCIFAR-format Digits, {args.model}, ipc {args.ipc}, {context['device']}, torch {context['torch']}")
     print(f"| syn_steps | tool | s / iteration (wall) | CPU s / iteration | peak RSS (GB) | "
-          f"ours / MTT's {basis} time | ours / MTT's peak RSS |")
+          f"ours / MTT's {basis} time | ours / MTT's {memory_basis} |")
     print("|---|---|---|---|---|---|---|")
     key = "s_per_iteration" if cuda else "cpu_s_per_iteration"
     for steps in args.syn_steps:
@@ -216,17 +227,18 @@ def print_table(results: dict, args) -> None:
             if not row:
                 continue
             wall, cpu = row.get("s_per_iteration"), row.get("cpu_s_per_iteration")
-            rss = f"> {args.memory_cap_gb:g} (stopped)" if row["capped"] else f"{row['peak_rss_gb']:.2f}"
+            rss = f"> {cap:g} (stopped)" if row["capped"] else f"{row['peak_rss_gb']:.2f}"
             if row.get("cuda_peak_gb") is not None:
                 rss += f" (CUDA peak {row['cuda_peak_gb']:.2f})"
             speed = memory = "–"
             if tool != "mtt" and theirs:
                 if row.get(key) and theirs.get(key):
                     speed = f"{row[key] / theirs[key]:.2f}"
-                their_peak = args.memory_cap_gb if theirs.get("capped") else theirs["peak_rss_gb"]
-                memory = f"{'≤ ' if theirs.get('capped') else ''}{row['peak_rss_gb'] / their_peak:.2f}"
+                memory_key = "cuda_peak_gb" if cuda else "peak_rss_gb"
+                their_peak = cap if theirs.get("capped") else theirs[memory_key]
+                memory = f"{'≤ ' if theirs.get('capped') else ''}{row[memory_key] / their_peak:.2f}"
             missing = "– (stopped)" if row["capped"] else "–"
-            wall, cpu = (f"{v:.1f}" if v else missing for v in (wall, cpu))
+            wall, cpu = (f"{v:.3g}" if v else missing for v in (wall, cpu))
             print(f"| {steps} | {tool} | {wall} | {cpu} | {rss} | {speed} | {memory} |")
 
 if __name__ == "__main__":
