@@ -41,7 +41,7 @@ def fidelity(tmp_path_factory):
     """fidelity_paper.py at tiny size: DC ipc 1 and DM ipc 10 + CLoM cos, both tools, one seed."""
     out = tmp_path_factory.mktemp("fidelity") / "runs"
     printed = run(sys.executable, str(ROOT / "benchmarks/fidelity_paper.py"), "--paper-code", str(FAKE_PAPER),
-                  "--out", str(out), "--cells", "DC1,DM10+cos", *TINY, cwd=out.parent)
+                  "--out", str(out), "--cells", "DC1,DM10+cos", "--eager", *TINY, cwd=out.parent)
     return out, printed
 
 
@@ -61,6 +61,11 @@ def test_fidelity_runs_both_tools_and_its_table_reads_validates_reports(fidelity
     ours_command = (out / "Digits_DM10+cos_ours_seed0.log").read_text().splitlines()[0]
     assert "paper_code.py" in paper_command and " --Iteration 1 " in paper_command
     assert "main_DM.py" in ours_command and " --Iteration 2 " in ours_command
+    # --eager reaches our scripts (the distillation and validate.py, for both tools' sets), never the paper's
+    assert " --eager" in ours_command and "--eager" not in paper_command
+    validations = [line for line in (out / "Digits_DM10+cos_paper_seed0.log").read_text().splitlines()
+                   if line.startswith("$ ") and "validate.py" in line]
+    assert validations and all(" --eager" in line for line in validations)
     ours = json.loads(Path(records["Digits_DM10+cos_ours_seed0.json"]["set"]).with_name(
         "args_DM_Digits_ConvNet_10ipc.json").read_text())["args"]
     assert ours["Iteration"] == 2 and ours["CLoM_distance"] == "cos" and ours["alphas"] == [1000.0]
@@ -141,7 +146,7 @@ def test_fidelity_mtt_runs_our_cells_and_its_table_reads_validates_reports(tmp_p
     out = tmp_path / "fidelity_mtt"
     tiny = ["--out", str(out), "--ipcs", "1", "--cells", "ours", "ours+cos", "--seeds", "0", "--experts", "2",
             "--expert_train_epochs", "3", "--iterations", "2", "--syn_steps", "2", "--expert_epochs", "1",
-            "--max_start_epoch", "1", "--eval_epochs", "2", "--num_eval", "1"]
+            "--max_start_epoch", "1", "--eval_epochs", "2", "--num_eval", "1", "--eager"]
     printed = run(sys.executable, str(ROOT / "benchmarks/fidelity_mtt.py"), *tiny, cwd=tmp_path)
     rows = {row[2]: row for row in table_rows(printed)}
     assert set(rows) == {"ours", "ours+cos"}
@@ -150,6 +155,12 @@ def test_fidelity_mtt_runs_our_cells_and_its_table_reads_validates_reports(tmp_p
         assert row[3] == "1" and row[4] == f"{100 * np.mean(report['final']):.2f} ± 0.00"
         assert row[5].startswith(("+", "-")) and float(row[6]) > 0  # IOR and the learned lr were read
     again = run(sys.executable, str(ROOT / "benchmarks/fidelity_mtt.py"), *tiny, cwd=tmp_path)
+    lines = [line for log in out.rglob("*.log") for line in log.read_text().splitlines()]
+    commands = [line for line in lines if " command: " in line]  # buffer.py's and validate.py's
+    assert {"buffer.py", "validate.py"} <= {Path(c.split()[3]).name for c in commands}
+    assert all(" --eager" in c for c in commands)  # --eager reached each of our scripts
+    settings = [line for line in lines if "MttConfig(" in line]  # distill.py's
+    assert settings and all("eager=True" in line for line in settings)
     assert "Digits_MTT1_ours_seed0: done before" in again
     assert table_rows(run(sys.executable, str(ROOT / "benchmarks/fidelity_mtt.py"), "--summarize", str(out),
                           cwd=tmp_path)) == table_rows(printed)
