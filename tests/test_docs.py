@@ -93,7 +93,7 @@ PROSE_WORDS = re.compile(r"this run\b|\bgoal", re.I)
 
 
 def texts():
-    skip = {"data", "pretrained_model", "condensed", "gpu_out", "quickstart_runs"}
+    skip = {"data", "pretrained_model", "condensed", "gpu_out", "gpu_work", "quickstart_runs"}
     for path in sorted(ROOT.rglob("*")):
         parts = path.relative_to(ROOT).parts
         if path.is_file() and path.suffix in (".py", ".sh", ".md", ".txt", ".toml") and parts[0] not in skip \

@@ -13,8 +13,8 @@
 # machine): the same command again continues where a stopped one left off. $OUT (default gpu_out/) gets
 # summary.txt and results.tgz (every run's record, report and log; refreshed every 20 s, so a command stopped
 # from outside still returns what was done).
-#     PAPER=<checkout> MTT=<checkout> bash benchmarks/gpu_session.sh
-#     QUICK=1 bash benchmarks/gpu_session.sh      # tiny settings, to try the script on a CPU
+#     PAPER=<checkout> MTT=<checkout> bash benchmarks/gpu_results.sh
+#     QUICK=1 bash benchmarks/gpu_results.sh      # tiny settings, to try the script on a CPU
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
