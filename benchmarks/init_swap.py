@@ -25,7 +25,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from fidelity_paper import BASES, PAPER_DISTANCE, evaluate, parse_budgets, parse_cell, prepare, run  # noqa: E402
+from fidelity_paper import BASES, PAPER_DISTANCE, eager, evaluate, parse_budgets, parse_cell, prepare, run  # noqa: E402
 from paper_code import is_paper_checkout  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def starting_set(args, prepared, start_seed: str) -> Path:
     if not found:
         _, script, _, flags = BASES[base]
         run([sys.executable, str(ROOT / script), *prepared[args.dataset]["ours"], *flags, "--Iteration", "0",
-             "--num_eval", "0", "--random_seed", start_seed, "--save_path", str(folder)], args.out,
+             "--num_eval", "0", "--random_seed", start_seed, "--save_path", str(folder), *eager(args)], args.out,
             args.out / f"start_seed{start_seed}.log")
         found = list(folder.rglob("res_*.pt"))
     return found[0]
@@ -60,7 +60,7 @@ def distill_from(args, prepared, start: Path, tool: str, seed: str, name: str) -
                data["name"], "--Iteration", str(budget - 1), *common]
     else:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--child-start", str(start), "--", str(ROOT / script),
-               *data["ours"], "--Iteration", str(budget), "--random_seed", seed, *common]
+               *data["ours"], "--Iteration", str(budget), "--random_seed", seed, *common, *eager(args)]
     run(cmd, args.out, args.out / f"{name}.log")
     return next(folder.rglob("res_*.pt"))
 
@@ -134,6 +134,8 @@ def main() -> None:
     parser.add_argument("--num_eval", type=int, default=5)
     parser.add_argument("--eval_epochs", type=int, default=300)
     parser.add_argument("--jobs", type=int, default=2)
+    parser.add_argument("--eager", action="store_true",
+                        help="our scripts (pool, distillations, validate.py) without compiled paths")
     parser.add_argument("--summarize", type=Path)
     args = parser.parse_args()
     if args.summarize:
