@@ -41,6 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
+from fidelity_paper import eager  # noqa: E402
 
 DATASETS = {"Digits": {"dataset": "Digits", "zca": False}, "CIFARDigits": {"dataset": "CIFAR10", "zca": True}}
 CLOM = {"cos": ["--CLoM", "--CLoM_distance", "cos"], "ce_plain": ["--CLoM", "--CLoM_distance", "ce_plain"]}
@@ -115,11 +116,6 @@ def validate_command(args, name: str, result: Path, report: Path) -> list[str]:
             f"--synthesis_data_path={result}", f"--epochs={args.eval_epochs}",
             f"--lr_decay_step={args.eval_epochs // 2}", f"--num_eval={args.num_eval}", "--random_seed=0",
             "--random_real=1", f"--result_json={report}", *eager(args)]
-
-
-def eager(args) -> list[str]:
-    """--eager for our scripts when asked: short runs sharing one card would spend longer compiling than running."""
-    return ["--eager"] if args.eager else []
 
 
 def call(command: list[str], log: Path, cwd: Path | None = None) -> int:

@@ -67,24 +67,17 @@ if wants mtt_speed; then
 fi
 
 PIDS=()
-if wants fidelity; then
-    if [ -d "$PAPER" ]; then
-        timeout "$(left)" $PY benchmarks/fidelity_paper.py --paper-code "$PAPER" --out "$WORK/fidelity32" \
-            --datasets CIFARDigits --eager "${FIDELITY[@]}" >>"$WORK/fidelity32.log" 2>&1 &
-        PIDS+=($!)
-    else
-        note "== no checkout of the paper's code at $PAPER: fidelity skipped"
-    fi
-fi
-if wants fidelity_mtt; then
-    if [ -d "$MTT" ]; then
-        timeout "$(left)" $PY benchmarks/fidelity_mtt.py --mtt-code "$MTT" --out "$WORK/fidelity_mtt32" \
-            --datasets CIFARDigits --eager "${FIDELITY_MTT[@]}" >>"$WORK/fidelity_mtt32.log" 2>&1 &
-        PIDS+=($!)
-    else
-        note "== no checkout of MTT's code at $MTT: fidelity_mtt skipped"
-    fi
-fi
+start_fidelity() {  # PART CHECKOUT WHOSE SCRIPT FLAG NAME ARGS...: one fidelity script in the background
+    local part=$1 checkout=$2 whose=$3 script=$4 flag=$5 name=$6
+    shift 6
+    if ! wants "$part"; then return; fi
+    if [ ! -d "$checkout" ]; then note "== no checkout of $whose code at $checkout: $part skipped"; return; fi
+    timeout "$(left)" $PY "benchmarks/$script" "$flag" "$checkout" --out "$WORK/$name" --datasets CIFARDigits \
+        --eager "$@" >>"$WORK/$name.log" 2>&1 &
+    PIDS+=($!)
+}
+start_fidelity fidelity "$PAPER" "the paper's" fidelity_paper.py --paper-code fidelity32 "${FIDELITY[@]}"
+start_fidelity fidelity_mtt "$MTT" "MTT's" fidelity_mtt.py --mtt-code fidelity_mtt32 "${FIDELITY_MTT[@]}"
 for pid in "${PIDS[@]}"; do wait "$pid"; note "== fidelity process $pid: rc $?, at $((SECONDS - START)) s"; done
 
 if [ -d "$WORK/fidelity32" ]; then
