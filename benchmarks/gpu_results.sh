@@ -15,6 +15,9 @@
 # from outside still returns what was done).
 #     PAPER=<checkout> MTT=<checkout> bash benchmarks/gpu_results.sh
 #     QUICK=1 bash benchmarks/gpu_results.sh      # tiny settings, to try the script on a CPU
+# FIDELITY_ARGS / FIDELITY_MTT_ARGS: more flags for either fidelity script (the last of a flag wins), e.g. only the
+# runs a CPU could not finish: PARTS=fidelity FIDELITY_ARGS="--cells DM10+cos --tools paper --seeds 2
+# --no_random_real", then `fidelity_paper.py --summarize <both folders>` gives one table.
 set -u
 cd "$(dirname "$0")/.."
 OUT=${OUT:-gpu_out}
@@ -76,8 +79,10 @@ start_fidelity() {  # PART CHECKOUT WHOSE SCRIPT FLAG NAME ARGS...: one fidelity
         --eager "$@" >>"$WORK/$name.log" 2>&1 &
     PIDS+=($!)
 }
-start_fidelity fidelity "$PAPER" "the paper's" fidelity_paper.py --paper-code fidelity32 "${FIDELITY[@]}"
-start_fidelity fidelity_mtt "$MTT" "MTT's" fidelity_mtt.py --mtt-code fidelity_mtt32 "${FIDELITY_MTT[@]}"
+start_fidelity fidelity "$PAPER" "the paper's" fidelity_paper.py --paper-code fidelity32 "${FIDELITY[@]}" \
+    ${FIDELITY_ARGS:-}
+start_fidelity fidelity_mtt "$MTT" "MTT's" fidelity_mtt.py --mtt-code fidelity_mtt32 "${FIDELITY_MTT[@]}" \
+    ${FIDELITY_MTT_ARGS:-}
 for pid in "${PIDS[@]}"; do wait "$pid"; note "== fidelity process $pid: rc $?, at $((SECONDS - START)) s"; done
 
 if [ -d "$WORK/fidelity32" ]; then
