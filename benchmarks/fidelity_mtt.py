@@ -41,7 +41,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from fidelity_paper import eager  # noqa: E402
+from fidelity_paper import add_eager_flag, eager  # noqa: E402
 
 DATASETS = {"Digits": {"dataset": "Digits", "zca": False}, "CIFARDigits": {"dataset": "CIFAR10", "zca": True}}
 CLOM = {"cos": ["--CLoM", "--CLoM_distance", "cos"], "ce_plain": ["--CLoM", "--CLoM_distance", "ce_plain"]}
@@ -184,8 +184,7 @@ def main(argv=None) -> None:
                         help="shared: both tools distil from the experts of our buffer.py (the distillations compared "
                         "on the same experts); own: each tool from its own buffer.py's")
     parser.add_argument("--jobs", type=int, default=1)
-    parser.add_argument("--eager", action="store_true",
-                        help="our scripts (buffer, distillations, validate.py) without compiled paths")
+    add_eager_flag(parser, "buffer, distillations, validate.py")
     parser.add_argument("--summarize", nargs="+", type=Path, default=None, metavar="OUT")
     args = parser.parse_args(argv)
     if args.summarize:

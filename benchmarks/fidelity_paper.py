@@ -117,6 +117,11 @@ def eager(args) -> list[str]:
     return ["--eager"] if args.eager else []
 
 
+def add_eager_flag(parser: argparse.ArgumentParser, scripts: str = "pool, distillations, validate.py") -> None:
+    """The --eager flag that eager() reads, for each script that starts ours."""
+    parser.add_argument("--eager", action="store_true", help=f"our scripts ({scripts}) without compiled paths")
+
+
 def run(cmd: list[str], cwd: Path, log: Path, threads: int = 1) -> float:
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads),
            "PYTHONWARNINGS": "ignore"}
@@ -335,8 +340,7 @@ def get_args_parser(description: str = __doc__, tools: str = "paper,ours") -> ar
     parser.add_argument("--num_eval", type=int, default=5)
     parser.add_argument("--eval_epochs", type=int, default=300)
     parser.add_argument("--jobs", type=int, default=2, help="runs at a time (one thread each)")
-    parser.add_argument("--eager", action="store_true",
-                        help="our scripts (pool, distillations, validate.py) without compiled paths")
+    add_eager_flag(parser)
     parser.add_argument("--no_random_real", action="store_true",
                         help="skip the random real subsets (e.g. another command into the same --out makes them)")
     parser.add_argument("--summarize", type=Path, nargs="+", help="print the table of these --out folders")

@@ -25,7 +25,17 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from fidelity_paper import BASES, PAPER_DISTANCE, eager, evaluate, parse_budgets, parse_cell, prepare, run  # noqa: E402
+from fidelity_paper import (  # noqa: E402
+    BASES,
+    PAPER_DISTANCE,
+    add_eager_flag,
+    eager,
+    evaluate,
+    parse_budgets,
+    parse_cell,
+    prepare,
+    run,
+)
 from paper_code import is_paper_checkout  # noqa: E402
 
 
@@ -134,8 +144,7 @@ def main() -> None:
     parser.add_argument("--num_eval", type=int, default=5)
     parser.add_argument("--eval_epochs", type=int, default=300)
     parser.add_argument("--jobs", type=int, default=2)
-    parser.add_argument("--eager", action="store_true",
-                        help="our scripts (pool, distillations, validate.py) without compiled paths")
+    add_eager_flag(parser)
     parser.add_argument("--summarize", type=Path)
     args = parser.parse_args()
     if args.summarize:
