@@ -7,6 +7,9 @@
 #                 cells x 3 seeds, every set scored by validate.py (5 ConvNets x 300 epochs, DSA) with random real
 #                 subsets (IOR) (PAPER=<DDInterpreter checkout>);
 #   fidelity_mtt  fidelity_mtt.py on the CIFAR-format digits: MTT's code and ours, ipc 1 and 10, with CLoM, 3 seeds.
+# and, only when PARTS names it:
+#   mtt_profile   profile_iteration.py on MTT ipc 10 at syn_steps 20 and 80 (compiled, the card to itself, about
+#                 3 minutes): per student step, the card's busy time, kernel launches and Python stages.
 # The two fidelity steps run together, many runs sharing the card (--jobs), our scripts --eager (short runs would
 # spend longer compiling than running); only the speed step has the card to itself.
 # Every step stops at DEADLINE seconds from the start. Runs live in $WORK (default gpu_work/, kept on a warm
@@ -67,6 +70,16 @@ if wants mtt_speed; then
     else
         note "== no checkout of MTT's code at $MTT: mtt_speed skipped"
     fi
+fi
+
+if wants mtt_profile; then
+    for steps in 20 80; do
+        limit=$(( $(left) < 150 ? $(left) : 150 ))
+        timeout "$limit" $PY benchmarks/profile_iteration.py --case MTT10 --syn_steps "$steps" --iterations 5 \
+            --warmup 2 --work "$WORK/mtt_profile" >"$WORK/mtt_profile_$steps.log" 2>&1
+        note "== mtt_profile syn_steps $steps: rc $?, at $((SECONDS - START)) s"
+        grep -E '^MTT|^\||^device busy|^per iteration' "$WORK/mtt_profile_$steps.log" >>"$SUMMARY"
+    done
 fi
 
 PIDS=()
