@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import torch
 
 from utils.distributed import DistInfo
+from utils.host_memory import keep_freed_host_memory
 
 PRECISIONS = ("fp32", "tf32", "bf16")
 
@@ -90,7 +91,8 @@ def make_runtime(device: torch.device, dist: DistInfo | None = None, eager: bool
                  precision: str | None = None) -> Runtime:
     """Fast paths on by default on CUDA (where they pay); on a CPU only runs long enough to repay compiling
     compile (Runtime.compiles, compiles_training); eager=True turns them all off. Applies the precision's
-    TF32 switches process-wide."""
+    TF32 switches and the host allocator's thresholds (utils/host_memory.py) process-wide."""
+    keep_freed_host_memory()
     precision = precision or default_precision(device)
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
