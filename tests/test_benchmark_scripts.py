@@ -73,6 +73,19 @@ def test_bench_distill_times_three_paths_and_the_loop_agrees_with_the_default(tm
         assert (diff == "-") if method == "DSA" else (float(diff) <= 1e-5), (method, diff)
 
 
+def test_bench_host_memory_times_malloc_defaults_against_kept_memory(tmp_path):
+    out, _ = run("bench_host_memory.py", "--cases", "DM10", "--length", "2", "--iterations", "1", "--warmup", "0",
+                 "--work", str(tmp_path / "work"), cwd=tmp_path)
+    header, *rows = table_rows(out)
+    assert header[:2] == ["case", "malloc"] and header[-1] == "default / kept CPU time"
+    assert [row[:2] for row in rows] == [["DM10", "default"], ["DM10", "kept"]]
+    (_, _, _, cpu_default, _, faults_default, _, none), (_, _, _, cpu_kept, _, faults_kept, _, ratio) = rows
+    assert none == "–" and float(cpu_default) > 0 and float(cpu_kept) > 0
+    assert_ratio(cpu_default, cpu_kept, ratio)
+    # the mechanism itself: DM's activations, freed every step, are faulted in again only with malloc's defaults
+    assert float(faults_kept) < float(faults_default) / 5
+
+
 def test_bench_eval_times_each_path_against_one_by_one(tmp_path):
     out, _ = run("bench_eval.py", "--device", "cpu", "--nets", "2", "--epochs", "1", "--ipc", "1", "--test_images",
                  "10", cwd=tmp_path)
