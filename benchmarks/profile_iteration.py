@@ -42,10 +42,10 @@ from methods.DC_DSA_DM import distill  # noqa: E402
 
 # The stages of an iteration: (label, function name as cProfile reports it)
 DC_STAGES = [("whole iteration", "method_iteration"), ("build the network", "build_seeded_network"),
-          ("draw real batches", "sample_per_class"), ("DSA augmentation", "siamese_augment"),
-          ("DM loss", "distribution_matching_loss"), ("DC matching loss", "gradient_matching_loss"),
-          ("DC inner loop", "train_models"), ("loss check + backward + SGD", "image_step"),
-          ("wait for the device (.item)", "item"), ("optimizer state copy", "deepcopy")]
+             ("draw real batches", "sample_per_class"), ("DSA augmentation", "siamese_augment"),
+             ("DM loss", "distribution_matching_loss"), ("DC matching loss", "gradient_matching_loss"),
+             ("DC inner loop", "train_models"), ("loss check + backward + SGD", "image_step"),
+             ("wait for the device (.item)", "item"), ("optimizer state copy", "deepcopy")]
 MTT_STAGES = [("whole iteration", "iteration"), ("expert weights to the device", "flatten"),
               ("draw the student's steps", "draw_student_steps"), ("trajectory + gradients", "match_trajectory"),
               ("student batches (DSA)", "student_batch"), ("student gradient, eager", "_eager_gradient"),
