@@ -11,7 +11,6 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchvision.utils import save_image
 
 from utils.data import ImageSet
 from utils.errors import SettingError
@@ -58,6 +57,9 @@ def visualization_png(images: Tensor, train: ImageSet, ipc: int) -> bytes:
     factor = math.ceil(GRID_MIN_PIXELS / min(pixels.shape[-2:]))
     if factor > 1:
         pixels = F.interpolate(pixels, scale_factor=factor, mode="nearest")
+    # imported here: torchvision's package import pulls in torch._dynamo (seconds at every CLI's start-up)
+    from torchvision.utils import save_image
+
     buffer = io.BytesIO()
     save_image(pixels, buffer, nrow=ipc, padding=GRID_BORDER, pad_value=0.5, format="png")
     return buffer.getvalue()
