@@ -87,7 +87,7 @@ def test_the_comparison_can_fail():
 
 
 def test_compiled_student_steps_equal_eager():
-    model, start, target, x, y, lr = _problem("ConvNetW32")
+    model, start, target, x, y, lr = _problem("ConvNetD1")
     draws = draw_student_steps(len(x), 2, 6, "flip", x.shape, torch.Generator().manual_seed(1))
     eager = match_trajectory(StudentSteps(FlatNetwork(model)), start, target, x, y, lr, draws)
     compiled_steps = StudentSteps(FlatNetwork(model), compiled=True)
