@@ -46,7 +46,7 @@ def train(compiled: bool, name="ConvNetW32", seeds=(1, 2, 3), stack=None, augmen
 
 @pytest.fixture
 def traced_only(monkeypatch):
-    monkeypatch.setattr(fast, "compile_options", lambda device: {"backend": "aot_eager"})
+    monkeypatch.setattr(fast, "compile_options", lambda device, **requested: {"backend": "aot_eager"})
     monkeypatch.setattr(fast, "_COMPILED", {})
     monkeypatch.setattr(fast, "_BROKEN", [])
 

@@ -39,9 +39,10 @@ _COMPILED: dict[tuple, object] = {}
 _BROKEN: list[str] = []  # why the fast path was given up in this process (empty: it works)
 
 
-def compile_options(device: torch.device) -> dict:
-    """torch.compile keyword arguments: plain inductor (on CUDA the trainer captures its own graph)."""
-    return {}
+def compile_options(device: torch.device, **requested) -> dict:
+    """torch.compile keyword arguments: inductor with the caller's mode, plain by default (on CUDA the trainer
+    captures its own graph). Every compile goes through here, so tests can trace with aot_eager instead."""
+    return requested
 
 
 # Devices whose trainer replays its compiled step as a CUDA graph on persistent tensors (_StaticStep); elsewhere
@@ -82,9 +83,9 @@ def model_key(model: nn.Module) -> tuple:
 
 
 def cached_compile(key: tuple, build, device: torch.device, **options):
-    """torch.compile(build()) once per key (compile_options(device) unless options are given)."""
+    """torch.compile(build()) once per key, with compile_options(device, **options)."""
     if key not in _COMPILED:
-        _COMPILED[key] = torch.compile(build(), dynamic=False, **(options or compile_options(device)))
+        _COMPILED[key] = torch.compile(build(), dynamic=False, **compile_options(device, **options))
     return _COMPILED[key]
 
 
