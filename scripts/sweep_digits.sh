@@ -11,7 +11,7 @@
 # with several cards every card runs N at a time. Each run's set is the one it gives alone.
 # Knobs (environment variables): JOBS and GPU (as the two flags), SEEDS ("0 1"), ITERATIONS (DM iterations,
 # 100), BATCH_REAL (real images per class per step, 32), NUM_EVAL (evaluation networks per set, 3), EVAL_EPOCHS
-# (their epochs, 100), ALPHA (CLoM weight, 10).
+# (their epochs, 100), ALPHA (CLoM weight, 10), POOL_EPOCHS (epochs of the pool's ConvNets, 10).
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -37,6 +37,7 @@ BATCH_REAL="${BATCH_REAL:-32}"
 NUM_EVAL="${NUM_EVAL:-3}"
 EVAL_EPOCHS="${EVAL_EPOCHS:-100}"
 ALPHA="${ALPHA:-10}"
+POOL_EPOCHS="${POOL_EPOCHS:-10}"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}"  # tiny networks: one thread per run, JOBS runs side by side
 
 if [[ -e "$OUT" ]]; then
@@ -47,12 +48,13 @@ mkdir -p "$OUT/logs"
 cd "$OUT"
 start=$SECONDS
 
-echo "== pool: 2 ConvNets x 10 epochs on Digits (for CLoM)"
-python "$ROOT/train_original_models.py" --dataset Digits --model ConvNet --normalize_data --num 2 --epochs 10 \
-    --save_every 10 --lr_decay_step "" --random_seed 0 --gpu "${DEVICES[0]}" > logs/pool.txt 2>&1 \
+echo "== pool: 2 ConvNets x $POOL_EPOCHS epochs on Digits (for CLoM)"
+python "$ROOT/train_original_models.py" --dataset Digits --model ConvNet --normalize_data --num 2 \
+    --epochs "$POOL_EPOCHS" --save_every "$POOL_EPOCHS" --lr_decay_step "" --random_seed 0 --gpu "${DEVICES[0]}" \
+    > logs/pool.txt 2>&1 \
     || { echo "error: pool training failed; see $OUT/logs/pool.txt" >&2; exit 1; }
 
-CLOM=(--CLoM --models_pool ConvNet --model_num 2 --epoch 10 --source_dataset Digits --alphas "$ALPHA"
+CLOM=(--CLoM --models_pool ConvNet --model_num 2 --epoch "$POOL_EPOCHS" --source_dataset Digits --alphas "$ALPHA"
       --CLoM_batch_size 0)
 pids=()
 slots=()  # slot s runs on device DEVICES[s % number of devices]; JOBS slots per device

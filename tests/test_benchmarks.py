@@ -110,12 +110,13 @@ def test_bench_paper_times_both_tools(tmp_path):
 
 
 def test_sweep_script_ends_with_summarizes_table(tmp_path):
-    env = {"SEEDS": "0", "ITERATIONS": "1", "BATCH_REAL": "4", "NUM_EVAL": "1", "EVAL_EPOCHS": "1"}
+    env = {"SEEDS": "0", "ITERATIONS": "1", "BATCH_REAL": "4", "NUM_EVAL": "1", "EVAL_EPOCHS": "1", "POOL_EPOCHS": "1"}
     # --jobs per device, here two "devices" (the CPU twice): two slots, each run on the device of its slot
     printed = run("bash", str(ROOT / "scripts/sweep_digits.sh"), "--jobs", "1", "--gpu", "cpu cpu",
                   str(tmp_path / "sweep"), cwd=tmp_path, env=env)
     rows = table_rows(printed)
     assert len(rows) == 6 and {row[4] for row in rows} == {"none", "ce", "cos"}  # ipc 1 and 10, three CLoMs
+    assert {row[5] for row in rows if row[4] != "none"} == {"ConvNet ×2, ep 1"}  # the pool of POOL_EPOCHS epochs
     done = [line for line in printed.splitlines() if line.strip().startswith("done DM_") and " on cpu " in line]
     assert len(done) == 6
 
