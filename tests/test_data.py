@@ -25,6 +25,7 @@ from conftest import (
 )
 from PIL import Image
 
+import utils.data.digits as digits
 import utils.data.load as load_module
 from utils.data import ImageSet, dataset_names, default_data_path, get_dataset_spec, load_dataset
 from utils.data.image_folders import resize_and_center_crop
@@ -193,6 +194,33 @@ def test_digits_fixed_stratified_split(tmp_path):
     again = load_dataset("Digits", normalize=False)
     torch.testing.assert_close(again.test.images(), load_dataset("Digits", normalize=False).test.images())
 
+
+
+def test_digits_split_is_cached_per_sklearn_version_and_a_bad_cache_is_remade(tmp_path, monkeypatch):
+    """The cached split is scikit-learn's split exactly; a damaged cache file or an unwritable cache folder
+    falls back to scikit-learn (and a damaged file is replaced)."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    cache_file = digits.split_cache_file()
+    assert cache_file.parent == tmp_path / "cache/clom-distill" and "sklearn-" in cache_file.name
+    fresh = digits._split_with_sklearn()
+    for damage in (None, b"not an npz"):
+        if damage is not None:
+            cache_file.write_bytes(damage)
+        digits._digits_arrays.cache_clear()
+        made = digits._digits_arrays()  # from scikit-learn, then kept
+        assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(made, fresh))
+        digits._digits_arrays.cache_clear()
+        monkeypatch.setattr(digits, "_split_with_sklearn", lambda: pytest.fail("the cache was not read"))
+        cached = digits._digits_arrays()
+        assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(cached, fresh))
+        monkeypatch.undo()
+        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    blocked = tmp_path / "blocked"
+    blocked.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    digits._digits_arrays.cache_clear()
+    assert all(np.array_equal(a, b) for a, b in zip(digits._digits_arrays(), fresh))
+    digits._digits_arrays.cache_clear()
 
 # --------------------------------------------------------------------------------------------------
 # Normalization and storage

@@ -1,9 +1,16 @@
 """Digits: scikit-learn's bundled 8x8 digits (pixels 0..16 scaled to [0, 1]). It needs no files and ignores
 data_path. The split is fixed: stratified, train_test_split(test_size=1/3, random_state=0); its mean/std
-are those of the train split's pixels (population std)."""
+are those of the train split's pixels (population std).
+
+Importing scikit-learn costs about 2 s, at the start of every command on Digits (sweeps run hundreds), so the
+split is kept in the user's cache folder once made, one file per scikit-learn version; a cache that cannot be
+read or written is skipped."""
 
 from __future__ import annotations
 
+import importlib.metadata
+import io
+import os
 from functools import cache
 from pathlib import Path
 
@@ -11,11 +18,56 @@ import numpy as np
 
 from utils.data.raw import RawDataset, RawSplit
 from utils.data.spec import DatasetSpec
+from utils.errors import UserError
+from utils.io import atomic_bytes_save
+
+SPLIT_NAMES = ("train_x", "train_y", "test_x", "test_y")
+
+
+def split_cache_file() -> Path | None:
+    """Where the split is kept: $XDG_CACHE_HOME (else ~/.cache)/clom-distill/, named by scikit-learn's version."""
+    try:
+        version = importlib.metadata.version("scikit-learn")
+    except importlib.metadata.PackageNotFoundError:
+        return None
+    root = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return root / "clom-distill" / f"digits_split_sklearn-{version}.npz"
+
+
+def _read_cached(path: Path | None) -> tuple[np.ndarray, ...] | None:
+    try:
+        with np.load(path) as saved:
+            arrays = tuple(saved[name] for name in SPLIT_NAMES)
+    except (OSError, ValueError, KeyError, TypeError):  # none yet, unreadable, or not our file
+        return None
+    return arrays if arrays[0].shape == (1198, 1, 8, 8) and arrays[2].shape == (599, 1, 8, 8) else None
+
+
+def _write_cached(path: Path | None, arrays: tuple[np.ndarray, ...]) -> None:
+    if path is None:
+        return
+    buffer = io.BytesIO()
+    np.savez(buffer, **dict(zip(SPLIT_NAMES, arrays)))
+    try:
+        atomic_bytes_save(buffer.getvalue(), path, overwrite=True)
+    except (OSError, UserError):  # a read-only home or a full disk: the next run splits again
+        pass
 
 
 @cache
 def _digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """The fixed split: stratified, random_state=0, 1/3 test. Returns train_x, train_y, test_x, test_y."""
+    cache_file = split_cache_file()
+    arrays = _read_cached(cache_file)
+    if arrays is None:
+        arrays = _split_with_sklearn()
+        _write_cached(cache_file, arrays)
+    for array in arrays:
+        array.setflags(write=False)  # cached: nobody may change it
+    return arrays
+
+
+def _split_with_sklearn() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split
 
@@ -25,8 +77,6 @@ def _digits_arrays() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     train_x, test_x, train_y, test_y = train_test_split(
         images, labels, test_size=1 / 3, stratify=labels, random_state=0
     )
-    for array in (train_x, train_y, test_x, test_y):
-        array.setflags(write=False)  # cached: nobody may change it
     return train_x, train_y, test_x, test_y
 
 
