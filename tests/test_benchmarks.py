@@ -146,7 +146,7 @@ def test_fidelity_mtt_runs_our_cells_and_its_table_reads_validates_reports(tmp_p
     buffer, the distillations with and without CLoM, validate.py with the learned lr and IOR, the table."""
     out = tmp_path / "fidelity_mtt"
     tiny = ["--out", str(out), "--ipcs", "1", "--cells", "ours", "ours+cos", "--seeds", "0", "--experts", "2",
-            "--expert_train_epochs", "3", "--iterations", "2", "--syn_steps", "2", "--expert_epochs", "1",
+            "--expert_train_epochs", "2", "--iterations", "2", "--syn_steps", "2", "--expert_epochs", "1",
             "--max_start_epoch", "1", "--eval_epochs", "2", "--num_eval", "1", "--eager"]
     printed = run(sys.executable, str(ROOT / "benchmarks/fidelity_mtt.py"), *tiny, cwd=tmp_path)
     rows = {row[2]: row for row in table_rows(printed)}
