@@ -4,6 +4,7 @@ writers of tiny data sets in their real on-disk formats, and ImageSet helpers on
 from __future__ import annotations
 
 import gzip
+import os
 import pickle
 import struct
 from pathlib import Path
@@ -14,6 +15,12 @@ import torch
 from PIL import Image
 
 from utils.data import ImageSet
+
+# pytest-xdist runs one worker per core: torch's default of a thread per core in each worker would put two
+# threads on every core, and OpenMP threads that wait on a busy core spin away the other worker's time.
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // _WORKERS))
 
 # --------------------------------------------------------------------------------------------------
 # Writers of tiny data sets in their real formats

@@ -64,3 +64,24 @@ def test_help_lists_the_choices(script):
         assert all(metric in PARSERS[script]().format_help() for metric in ("ours|mse|cos", "noise|real"))
     if script == "validate.py":
         assert all(op in helps["--dsa_strategy"] for op in DSA_OPS)
+
+
+def test_scripts_start_without_the_slow_imports(tmp_path):
+    """Every script's start-up (sweeps start hundreds) stays free of torch._dynamo (torchvision's package
+    import pulls it in: ~3 s) and of scikit-learn (~2 s; Digits reads its split from the cache once made)."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    code = ("import sys, quickstart, summarize, train_original_models, validate\n"
+            "import methods.DC_DSA_DM.main, methods.DC_DSA_DM.main_DM, methods.MTT.buffer, methods.MTT.distill\n"
+            "from utils.data import load_dataset\n"
+            "load_dataset('Digits', normalize=True)\n"
+            "print(sorted(m for m in ('torch._dynamo', 'torchvision', 'sklearn') if m in sys.modules))")
+    env = {**os.environ, "PYTHONPATH": str(root), "XDG_CACHE_HOME": str(tmp_path)}
+    for expected in (["sklearn"], []):  # the first run makes the Digits cache, the second reads it
+        done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert done.stdout.strip() == repr(expected)
