@@ -40,7 +40,10 @@ def _read_cached(path: Path | None) -> tuple[np.ndarray, ...] | None:
             arrays = tuple(saved[name] for name in SPLIT_NAMES)
     except (OSError, ValueError, KeyError, TypeError):  # none yet, unreadable, or not our file
         return None
-    return arrays if arrays[0].shape == (1198, 1, 8, 8) and arrays[2].shape == (599, 1, 8, 8) else None
+    shapes = [(1198, 1, 8, 8), (1198,), (599, 1, 8, 8), (599,)]
+    dtypes = [np.float32, np.int64, np.float32, np.int64]
+    ours = all(a.shape == s and a.dtype == d for a, s, d in zip(arrays, shapes, dtypes))
+    return arrays if ours else None
 
 
 def _write_cached(path: Path | None, arrays: tuple[np.ndarray, ...]) -> None:
