@@ -195,32 +195,34 @@ def test_digits_fixed_stratified_split(tmp_path):
     torch.testing.assert_close(again.test.images(), load_dataset("Digits", normalize=False).test.images())
 
 
-
 def test_digits_split_is_cached_per_sklearn_version_and_a_bad_cache_is_remade(tmp_path, monkeypatch):
     """The cached split is scikit-learn's split exactly; a damaged cache file or an unwritable cache folder
     falls back to scikit-learn (and a damaged file is replaced)."""
+
+    def fresh_split():
+        digits._digits_arrays.cache_clear()  # a new process: only the cache file carries over
+        return digits._digits_arrays()
+
+    def assert_split(arrays):
+        assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(arrays, expected))
+
+    expected = digits._split_with_sklearn()
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     cache_file = digits.split_cache_file()
     assert cache_file.parent == tmp_path / "cache/clom-distill" and "sklearn-" in cache_file.name
-    fresh = digits._split_with_sklearn()
     for damage in (None, b"not an npz"):
         if damage is not None:
             cache_file.write_bytes(damage)
-        digits._digits_arrays.cache_clear()
-        made = digits._digits_arrays()  # from scikit-learn, then kept
-        assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(made, fresh))
-        digits._digits_arrays.cache_clear()
-        monkeypatch.setattr(digits, "_split_with_sklearn", lambda: pytest.fail("the cache was not read"))
-        cached = digits._digits_arrays()
-        assert all(np.array_equal(a, b) and a.dtype == b.dtype for a, b in zip(cached, fresh))
-        monkeypatch.undo()
-        monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+        assert_split(fresh_split())  # from scikit-learn, then kept
+        with monkeypatch.context() as patched:
+            patched.setattr(digits, "_split_with_sklearn", lambda: pytest.fail("the cache was not read"))
+            assert_split(fresh_split())
     blocked = tmp_path / "blocked"
     blocked.write_text("a file where the cache folder would be")
     monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))
+    assert_split(fresh_split())
     digits._digits_arrays.cache_clear()
-    assert all(np.array_equal(a, b) for a, b in zip(digits._digits_arrays(), fresh))
-    digits._digits_arrays.cache_clear()
+
 
 # --------------------------------------------------------------------------------------------------
 # Normalization and storage

@@ -2,6 +2,10 @@
 flags that take names, which flags only DC/DSA use — and names no internal document."""
 
 import argparse
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -69,11 +73,6 @@ def test_help_lists_the_choices(script):
 def test_scripts_start_without_the_slow_imports(tmp_path):
     """Every script's start-up (sweeps start hundreds) stays free of torch._dynamo (torchvision's package
     import pulls it in: ~3 s) and of scikit-learn (~2 s; Digits reads its split from the cache once made)."""
-    import os
-    import subprocess
-    import sys
-    from pathlib import Path
-
     root = Path(__file__).resolve().parents[1]
     code = ("import sys, quickstart, summarize, train_original_models, validate\n"
             "import methods.DC_DSA_DM.main, methods.DC_DSA_DM.main_DM, methods.MTT.buffer, methods.MTT.distill\n"

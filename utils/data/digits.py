@@ -35,10 +35,12 @@ def split_cache_file() -> Path | None:
 
 
 def _read_cached(path: Path | None) -> tuple[np.ndarray, ...] | None:
+    if path is None:
+        return None
     try:
         with np.load(path) as saved:
             arrays = tuple(saved[name] for name in SPLIT_NAMES)
-    except (OSError, ValueError, KeyError, TypeError):  # none yet, unreadable, or not our file
+    except (OSError, ValueError, KeyError):  # none yet, unreadable, or not our file
         return None
     shapes = [(1198, 1, 8, 8), (1198,), (599, 1, 8, 8), (599,)]
     dtypes = [np.float32, np.int64, np.float32, np.int64]
